@@ -1,0 +1,226 @@
+"""One resilient JSON-over-HTTP client shared by the provider adapters.
+
+Every call has a timeout, is counted by provider/operation/status, and is retried with
+exponential backoff and jitter on connection errors, 5xx and 429 (honouring Retry-After),
+a bounded number of times. 401/403 raise ProviderAuthError with one clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from paastis.providers import AppNotFound, ProviderAuthError, ProviderError, ProviderUnavailable
+from paastis.providers.ratelimit import TokenBucket
+
+log = logging.getLogger("paastis.provider")
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class ProviderCallCounter:
+    """Counts provider API calls by (provider, operation, status); the metrics read it."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, str, str]] = Counter()
+
+    def add(self, provider: str, operation: str, status: str) -> None:
+        self.calls[(provider, operation, status)] += 1
+
+    def total(self, provider: str | None = None) -> int:
+        return sum(n for (p, _, _), n in self.calls.items() if provider in (None, p))
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: Any  # parsed JSON, or the text when the body is not JSON
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_delay)
+        backoff = min(self.base_delay * 2**attempt, self.max_delay)
+        return backoff / 2 + random.uniform(0, backoff / 2)
+
+
+# Builds the Authorization (and other) headers per request, so tokens can be renewed.
+HeaderFactory = Callable[[], Awaitable[Mapping[str, str]]]
+
+
+class ApiClient:
+    """Sends JSON requests to one provider API base URL."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        counter: ProviderCallCounter,
+        headers: HeaderFactory,
+        timeout: float = 15.0,
+        retry: RetryPolicy | None = None,
+        limiter: TokenBucket | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._counter = counter
+        self._headers = headers
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retry = retry or RetryPolicy()
+        self._limiter = limiter
+        self._sleep = sleep
+        # Called with every response; lets an adapter read rate-limit headers.
+        self.on_response: Callable[[ApiResponse], None] | None = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        ok: tuple[int, ...] = (200, 201, 202, 204, 206),
+        app: str | None = None,
+    ) -> ApiResponse:
+        """Sends one request (with retries); returns the response when its status is in `ok`."""
+        url = path if path.startswith(("http://", "https://")) else self.base_url + path
+        last_error = "no attempt"
+        for attempt in range(self._retry.attempts):
+            retry_after: float | None = None
+            try:
+                response = await self._send(method, url, operation, json, headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._counter.add(self.provider, operation, "error")
+                last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            else:
+                if self.on_response:
+                    self.on_response(response)
+                if response.status in ok:
+                    return response
+                self._raise_for_status(response, method, operation, app)
+                last_error = f"HTTP {response.status}"
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if attempt + 1 < self._retry.attempts:
+                delay = self._retry.delay(attempt, retry_after)
+                log.warning(
+                    "%s %s (%s %s) failed with %s; retrying in %.1fs",
+                    self.provider, operation, method, redact_url(url), last_error, delay,
+                )  # fmt: skip
+                await self._sleep(delay)
+        raise ProviderUnavailable(
+            f"{self.provider} {operation} failed after {self._retry.attempts} attempts: "
+            f"{last_error}",
+            provider=self.provider,
+            app=app,
+        )
+
+    async def _send(
+        self, method: str, url: str, operation: str, body: Any, extra: Mapping[str, str] | None
+    ) -> ApiResponse:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        headers = {"Accept": "application/json", **(await self._headers()), **(extra or {})}
+        async with self._session.request(
+            method, url, json=body, headers=headers, timeout=self._timeout
+        ) as resp:
+            text = await resp.text()
+            self._counter.add(self.provider, operation, str(resp.status))
+            parsed: Any = text
+            if text and "json" in resp.headers.get("Content-Type", ""):
+                try:
+                    parsed = await resp.json(content_type=None)
+                except ValueError:
+                    parsed = text
+            return ApiResponse(resp.status, resp.headers, parsed)
+
+    def _raise_for_status(
+        self, response: ApiResponse, method: str, operation: str, app: str | None
+    ) -> None:
+        """Raises for a final error status; returns for a retryable one."""
+        status = response.status
+        if status in RETRYABLE_STATUSES:
+            return
+        message = error_message(response.body)
+        if status in (401, 403):
+            raise ProviderAuthError(
+                f"the {self.provider} credentials were rejected (HTTP {status} on {operation}): "
+                f"{message}",
+                provider=self.provider,
+                app=app,
+            )
+        if status == 404:
+            raise AppNotFound(
+                f"{self.provider} does not know {app or 'this resource'} ({operation}): {message}",
+                provider=self.provider,
+                app=app,
+            )
+        raise ProviderHttpError(
+            f"{self.provider} {operation} ({method}) answered HTTP {status}: {message}",
+            provider=self.provider,
+            app=app,
+            status=status,
+            body=response.body,
+        )
+
+
+class ProviderHttpError(ProviderError):
+    """A final (non-retryable) error status; adapters inspect it for provider quirks."""
+
+    def __init__(
+        self, message: str, *, provider: str, app: str | None, status: int, body: Any
+    ) -> None:
+        super().__init__(message, provider=provider, app=app)
+        self.status = status
+        self.body = body
+
+
+def error_message(body: Any) -> str:
+    """The human part of a provider's error body, whatever its shape."""
+    if isinstance(body, dict):
+        for key in ("message", "error", "errors"):
+            if key in body:
+                return str(body[key])
+        return str(body)
+    return str(body)[:200]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials or query string, fit for a log line."""
+    parsed = URL(url)
+    return str(parsed.with_user(None).with_password(None).with_query(None))

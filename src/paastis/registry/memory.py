@@ -1,0 +1,69 @@
+"""The embedded registry: one process, state in memory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from paastis.providers import Formation
+from paastis.registry import RunningApp
+
+
+class InMemoryRegistry:
+    def __init__(self) -> None:
+        self._apps: dict[str, RunningApp] = {}
+        self._formations: dict[str, Formation] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    @property
+    def available(self) -> bool:
+        return True
+
+    async def get(self, name: str) -> RunningApp | None:
+        return self._apps.get(name)
+
+    async def list(self) -> list[RunningApp]:
+        return list(self._apps.values())
+
+    async def register(self, app: RunningApp) -> bool:
+        if app.name in self._apps:
+            return False
+        self._apps[app.name] = app
+        return True
+
+    async def unregister(self, name: str) -> None:
+        self._apps.pop(name, None)
+
+    async def clear(self) -> None:
+        self._apps.clear()
+
+    def stamp(self, name: str, when: datetime) -> None:
+        app = self._apps.get(name)
+        if app is not None:
+            self._apps[name] = app.stamped(when)
+
+    async def remember_formation(self, name: str, formation: Formation | None) -> None:
+        if formation:
+            self._formations[name] = dict(formation)
+        else:
+            self._formations.pop(name, None)
+
+    async def formation(self, name: str) -> Formation | None:
+        return self._formations.get(name)
+
+    @asynccontextmanager
+    async def lock(self, key: str, ttl: float) -> AsyncIterator[bool]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked():
+            yield False
+            return
+        async with lock:
+            yield True

@@ -1,0 +1,1 @@
+"""Local emulators of the providers' HTTP APIs and of upstream apps, for the tests."""
