@@ -1,0 +1,112 @@
+"""What paastis knows of the provider's apps, so the hot path needs no provider call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from paastis.providers import AppNotFound, AppState, PaasApp, Provider
+
+log = logging.getLogger("paastis.catalog")
+
+
+class AppCatalog:
+    """The provider's app list with each app's last known state, addressed by name or alias.
+
+    Filled by the scheduler's listing, corrected by paastis' own starts and stops (and those of
+    other instances, through events), and refreshed on a miss at most every
+    `miss_refresh_interval` seconds so random hosts cannot flood the provider.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        miss_refresh_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._provider = provider
+        self._miss_refresh_interval = miss_refresh_interval
+        self._clock = clock
+        self._apps: dict[str, PaasApp] = {}
+        self._keys: dict[str, str] = {}  # name or alias -> name
+        self._listed_at: float | None = None
+        self._refreshing: asyncio.Task[list[PaasApp]] | None = None
+
+    def lookup(self, key: str) -> PaasApp | None:
+        name = self._keys.get(key)
+        return self._apps.get(name) if name is not None else None
+
+    def all(self) -> list[PaasApp]:
+        return list(self._apps.values())
+
+    async def find(self, key: str) -> PaasApp | None:
+        """The app for `key`, listing the provider again on a miss (rate-limited)."""
+        app = self.lookup(key)
+        if app is not None:
+            return app
+        if (
+            self._listed_at is None
+            or self._clock() - self._listed_at >= self._miss_refresh_interval
+        ):
+            await self.refresh()
+        return self.lookup(key)
+
+    async def refresh(self) -> list[PaasApp]:
+        """Lists the provider's apps once, however many callers ask at the same time."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._list())
+        return await asyncio.shield(self._refreshing)
+
+    async def _list(self) -> list[PaasApp]:
+        self._listed_at = self._clock()
+        apps = await self._provider.list_apps()
+        self.replace_all(apps)
+        return apps
+
+    def replace_all(self, apps: list[PaasApp]) -> None:
+        """Takes a complete listing; an UNKNOWN state keeps the state known before."""
+        previous = self._apps
+        self._apps = {}
+        self._keys = {}
+        for app in apps:
+            known = previous.get(app.name)
+            if app.state is AppState.UNKNOWN and known is not None:
+                app = replace(app, state=known.state)
+            if app.upstream_url is None and known is not None and known.upstream_url:
+                app = replace(app, upstream_url=known.upstream_url)
+            self._put(app)
+        self._listed_at = self._clock()
+
+    def update(self, app: PaasApp) -> None:
+        self._put(app)
+
+    def set_state(self, name: str, state: AppState) -> None:
+        app = self._apps.get(name)
+        if app is not None and app.state is not state:
+            self._apps[name] = replace(app, state=state)
+
+    async def fetch(self, name: str) -> PaasApp:
+        """The app's current state from the provider; raises AppNotFound."""
+        try:
+            app = await self._provider.get_app(name)
+        except AppNotFound:
+            self._forget(name)
+            raise
+        self._put(app)
+        return app
+
+    def _put(self, app: PaasApp) -> None:
+        self._apps[app.name] = app
+        self._keys[app.name] = app.name
+        for alias in app.aliases:
+            self._keys[alias] = app.name
+
+    def _forget(self, name: str) -> None:
+        app = self._apps.pop(name, None)
+        if app is not None:
+            for key in (app.name, *app.aliases):
+                self._keys.pop(key, None)

@@ -1,0 +1,93 @@
+"""The command line: a thin layer over the configuration and the server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from paastis import __version__
+from paastis.config import CommandLine, Settings, describe, load_settings
+from paastis.errors import ConfigError
+from paastis.logs import configure_logging
+
+EXIT_CONFIG_ERROR = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="paastis",
+        description="A reverse proxy that puts idle PaaS apps to sleep and wakes them on demand.",
+    )
+    p.add_argument("--host", "-H", help="listen address (HOST, default 0.0.0.0)")
+    p.add_argument("--port", "-P", help="listen port (PORT, default 3000)")
+    p.add_argument(
+        "--max-idle-time",
+        metavar="MINUTES",
+        help="minutes before an idle app is stopped (START_AND_STOP_MAX_IDLE_TIME, default 15)",
+    )
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="rules file (default ./paastis.yml if present)"
+    )
+    p.add_argument(
+        "--env-file", type=Path, metavar="FILE", help="dotenv file (default ./.env if present)"
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration, print what would run, and exit",
+    )
+    p.add_argument("--version", action="version", version=f"paastis {__version__}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings(
+            CommandLine(
+                host=args.host,
+                port=args.port,
+                max_idle_time=args.max_idle_time,
+                config=args.config,
+                env_file=args.env_file,
+            ),
+            os.environ,
+        )
+    except ConfigError as exc:
+        print(f"paastis: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if args.check:
+        print(json.dumps(describe(settings), indent=2, default=str))
+        print("paastis: configuration OK", file=sys.stderr)
+        return 0
+    configure_logging(settings.log_level, settings.log_format, secrets_of(settings))
+    from paastis.server import Server
+
+    try:
+        asyncio.run(Server(settings).run())
+    except OSError as exc:  # e.g. the port is taken
+        print(f"paastis: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    p = settings.provider
+    return [
+        value
+        for value in (
+            p.scalingo_api_token,
+            p.heroku_api_token,
+            p.clever_consumer_secret,
+            p.clever_token,
+            p.clever_secret,
+            p.clever_api_token,
+            settings.system_api_token,
+        )
+        if value
+    ]

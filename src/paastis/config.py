@@ -1,0 +1,426 @@
+"""The configuration: read once from the command line, the environment and `.env`, checked,
+and handed down as one immutable object. Nothing else reads the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from croniter import croniter
+from dotenv import dotenv_values
+from yarl import URL
+
+from paastis.errors import ConfigError
+from paastis.providers.local import LocalAppSpec
+from paastis.rules import Rule, RuleSet, load_rules_file
+
+PROVIDERS = ("scalingo", "heroku", "clever-cloud", "local")
+HOOK_NAMES = ("before_start", "after_start", "before_stop", "after_stop")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_NO_WAKE_USER_AGENTS = (
+    r"(?i)uptimerobot|pingdom|statuscake|better ?uptime|googlebot|bingbot"
+    r"|bot\b|crawler|spider"
+)
+SECRET_HINTS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    name: str
+    region: str | None
+    operation_timeout: float
+    scalingo_api_token: str | None = None
+    scalingo_api_url: str | None = None
+    scalingo_auth_url: str = "https://auth.scalingo.com"
+    heroku_api_token: str | None = None
+    heroku_api_url: str = "https://api.heroku.com"
+    clever_api_host: str = "https://api.clever-cloud.com"
+    clever_consumer_key: str | None = None
+    clever_consumer_secret: str | None = None
+    clever_token: str | None = None
+    clever_secret: str | None = None
+    clever_api_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    provider: ProviderSettings
+    registry_type: str
+    ignored_apps: frozenset[str]
+    redis_url: str | None
+    redis_prefix: str
+    cron: str
+    max_idle_time: float  # minutes
+    hooks: Mapping[str, str | None]
+    hooks_timeout: float
+    system_api_enabled: bool
+    system_api_token: str | None
+    upstream_url_template: str | None
+    wake_strategy: str
+    readiness_path: str
+    no_wake_user_agents: re.Pattern[str] | None
+    admin_host: str
+    admin_port: int | None
+    upstream_tls_verify: bool
+    connect_timeout: float
+    read_timeout: float
+    max_connection_lifetime: float | None
+    log_level: str
+    log_format: str
+    rules_file: Path | None
+    rules: RuleSet = field(repr=False)
+    local_apps: Mapping[str, LocalAppSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """The options given on the command line (None = not given)."""
+
+    host: str | None = None
+    port: int | None = None
+    max_idle_time: str | None = None
+    config: Path | None = None
+    env_file: Path | None = None
+
+
+def load_settings(
+    cli: CommandLine, environ: Mapping[str, str], cwd: Path | None = None
+) -> Settings:
+    """Builds the settings: command line over environment over `.env`."""
+    cwd = cwd or Path.cwd()
+    env = Environment(merged_environment(cli, environ, cwd))
+    overrides = {
+        "HOST": cli.host,
+        "PORT": cli.port,
+        "START_AND_STOP_MAX_IDLE_TIME": cli.max_idle_time,
+    }
+    env.values.update({k: str(v) for k, v in overrides.items() if v is not None})
+    return build_settings(env, rules_path(cli, cwd))
+
+
+def merged_environment(cli: CommandLine, environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
+    env_file = cli.env_file
+    if env_file is None and (cwd / ".env").is_file():
+        env_file = cwd / ".env"
+    values: dict[str, str] = {}
+    if env_file is not None:
+        if not env_file.is_file():
+            raise ConfigError(f"--env-file {env_file}: no such file")
+        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    values.update(environ)
+    return values
+
+
+def rules_path(cli: CommandLine, cwd: Path) -> Path | None:
+    if cli.config is not None:
+        if not cli.config.is_file():
+            raise ConfigError(f"--config {cli.config}: no such file")
+        return cli.config
+    default = cwd / "paastis.yml"
+    return default if default.is_file() else None
+
+
+def build_settings(env: Environment, rules_file: Path | None) -> Settings:
+    max_idle_time = env.number("START_AND_STOP_MAX_IDLE_TIME", 15, minimum=0)
+    parsed_rules = load_rules_file(rules_file) if rules_file else None
+    rules: list[Rule] = parsed_rules.rules if parsed_rules else []
+    local_apps = parsed_rules.apps if parsed_rules else {}
+    provider = provider_settings(env)
+    if provider.name == "local" and not local_apps:
+        raise ConfigError(
+            "PROVIDER_NAME=local needs apps declared under `apps:` in the rules file "
+            f"({rules_file or 'no paastis.yml found; pass --config FILE'})"
+        )
+    registry_type = env.choice("REGISTRY_TYPE", ("in-memory", "redis"), "in-memory")
+    system_api_enabled = env.boolean("ROUTING_SYSTEM_API_ENABLED", False)
+    return Settings(
+        host=env.host("HOST", "0.0.0.0"),
+        port=env.port("PORT", 3000),
+        provider=provider,
+        registry_type=registry_type,
+        ignored_apps=frozenset(env.names("REGISTRY_IGNORED_APPS")),
+        redis_url=redis_url(env) if registry_type == "redis" else env.get("REGISTRY_REDIS_URL"),
+        redis_prefix=env.get("REGISTRY_REDIS_PREFIX") or "paastis:",
+        cron=cron_expression(env),
+        max_idle_time=max_idle_time,
+        hooks={name: env.get(f"HOOKS_{name.upper()}") for name in HOOK_NAMES},
+        hooks_timeout=env.number("HOOKS_TIMEOUT", 60, minimum=0.1),
+        system_api_enabled=system_api_enabled,
+        system_api_token=system_api_token(env, system_api_enabled),
+        upstream_url_template=upstream_template(env),
+        wake_strategy=env.choice("PROXY_WAKE_STRATEGY", ("auto", "blocking"), "auto"),
+        readiness_path=readiness_path(env),
+        no_wake_user_agents=env.regex("PROXY_NO_WAKE_USER_AGENTS", DEFAULT_NO_WAKE_USER_AGENTS),
+        admin_host=env.host("ADMIN_HOST", "127.0.0.1"),
+        admin_port=env.port("ADMIN_PORT", None),
+        upstream_tls_verify=env.boolean("UPSTREAM_TLS_VERIFY", True),
+        connect_timeout=env.number("PROXY_CONNECT_TIMEOUT", 10, minimum=0.1),
+        read_timeout=env.number("PROXY_READ_TIMEOUT", 300, minimum=0.1),
+        max_connection_lifetime=env.optional_number("PROXY_MAX_CONNECTION_LIFETIME", minimum=1),
+        log_level=env.choice("LOG_LEVEL", LOG_LEVELS, env.get("LOGGING_LEVEL") or "info"),
+        log_format=env.choice("LOG_FORMAT", ("text", "json"), "text"),
+        rules_file=rules_file,
+        rules=RuleSet(rules, max_idle_time),
+        local_apps=local_apps,
+    )
+
+
+def provider_settings(env: Environment) -> ProviderSettings:
+    name = env.choice("PROVIDER_NAME", PROVIDERS, None)
+    region = env.get("PROVIDER_REGION")
+    if name == "scalingo":
+        return ProviderSettings(
+            name=name,
+            region=region or "osc-fr1",
+            operation_timeout=env.number("PROVIDER_SCALINGO_OPERATION_TIMEOUT", 30, minimum=1),
+            scalingo_api_token=env.required("PROVIDER_SCALINGO_API_TOKEN", "for scalingo"),
+            scalingo_api_url=env.url("PROVIDER_SCALINGO_API_URL", None),
+            scalingo_auth_url=env.url("PROVIDER_SCALINGO_AUTH_URL", "https://auth.scalingo.com"),
+        )
+    if name == "heroku":
+        return ProviderSettings(
+            name=name,
+            region=region,
+            operation_timeout=env.number("PROVIDER_HEROKU_OPERATION_TIMEOUT", 30, minimum=1),
+            heroku_api_token=env.required("PROVIDER_HEROKU_API_TOKEN", "for heroku"),
+            heroku_api_url=env.url("PROVIDER_HEROKU_API_URL", "https://api.heroku.com"),
+        )
+    if name == "clever-cloud":
+        return clever_settings(env, region)
+    return ProviderSettings(name="local", region=region, operation_timeout=30)
+
+
+def clever_settings(env: Environment, region: str | None) -> ProviderSettings:
+    api_token = env.get("PROVIDER_CLEVER_API_TOKEN")
+    oauth_names = (
+        "PROVIDER_CLEVER_OAUTH_CONSUMER_KEY",
+        "PROVIDER_CLEVER_OAUTH_CONSUMER_SECRET",
+        "PROVIDER_CLEVER_TOKEN",
+        "PROVIDER_CLEVER_SECRET",
+    )
+    oauth = [env.get(name) for name in oauth_names]
+    if not api_token:
+        for name in oauth_names:
+            env.required(name, "for clever-cloud (or set PROVIDER_CLEVER_API_TOKEN instead)")
+    default_host = (
+        "https://api-bridge.clever-cloud.com" if api_token else "https://api.clever-cloud.com"
+    )
+    return ProviderSettings(
+        name="clever-cloud",
+        region=region,
+        operation_timeout=env.number("PROVIDER_CLEVER_OPERATION_TIMEOUT", 60, minimum=1),
+        clever_api_host=env.url("PROVIDER_CLEVER_API_HOST", default_host),
+        clever_consumer_key=oauth[0],
+        clever_consumer_secret=oauth[1],
+        clever_token=oauth[2],
+        clever_secret=oauth[3],
+        clever_api_token=api_token,
+    )
+
+
+def cron_expression(env: Environment) -> str:
+    name = "START_AND_STOP_CHECKING_INTERVAL_CRON"
+    value = (env.get(name) or "* * * * *").strip()
+    if len(value.split()) not in (5, 6) or not croniter.is_valid(value):
+        raise ConfigError(
+            f"{name}={value!r} is not a valid cron expression "
+            "(expected 5 fields, or 6 with seconds last, e.g. '*/30 * * * * *')"
+        )
+    return value
+
+
+def redis_url(env: Environment) -> str:
+    name = "REGISTRY_REDIS_URL"
+    value = env.required(name, "when REGISTRY_TYPE=redis")
+    if URL(value).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{name}={mask_url(value)!r} is invalid: expected redis://, rediss:// or unix:// URL"
+        )
+    return value
+
+
+def system_api_token(env: Environment, enabled: bool) -> str | None:
+    name = "ROUTING_SYSTEM_API_TOKEN"
+    token = env.get(name)
+    if enabled and (not token or len(token) < 16):
+        shown = "unset" if not token else f"{len(token)} characters"
+        raise ConfigError(
+            f"{name} is required with at least 16 characters when ROUTING_SYSTEM_API_ENABLED "
+            f"is true (got: {shown})"
+        )
+    return token
+
+
+def upstream_template(env: Environment) -> str | None:
+    name = "UPSTREAM_URL_TEMPLATE"
+    value = env.get(name)
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")) or "{app}" not in value:
+        raise ConfigError(
+            f"{name}={value!r} is invalid: expected an http(s) URL containing {{app}}, "
+            "e.g. https://{app}.example.net"
+        )
+    return value
+
+
+def readiness_path(env: Environment) -> str:
+    name = "PROXY_READINESS_PATH"
+    value = env.values.get(name, "/")
+    if value and not value.startswith("/"):
+        raise ConfigError(f"{name}={value!r} is invalid: expected a path starting with '/' or ''")
+    return value
+
+
+class Environment:
+    """Typed, validated reads of configuration variables; each failure names the variable."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+
+    def get(self, name: str) -> str | None:
+        value = self.values.get(name)
+        return value.strip() if value and value.strip() else None
+
+    def required(self, name: str, when: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise ConfigError(f"{name} is required {when}")
+        return value
+
+    def choice(self, name: str, accepted: tuple[str, ...], default: str | None) -> str:
+        value = self.get(name)
+        if value is None:
+            if default is None:
+                raise ConfigError(f"{name} is required (accepted: {', '.join(accepted)})")
+            value = default
+        if value.lower() not in accepted:
+            raise ConfigError(f"{name}={value!r} is invalid (accepted: {', '.join(accepted)})")
+        return value.lower()
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={value!r} is invalid (accepted: true or false)")
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        value = self.optional_number(name, minimum=minimum)
+        return float(default) if value is None else value
+
+    def optional_number(self, name: str, *, minimum: float) -> float | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not number >= minimum or number == float("inf"):
+            raise ConfigError(f"{name}={value!r} is invalid (expected a number >= {minimum:g})")
+        return number
+
+    def port(self, name: str, default: int | None) -> int | None:
+        value = self.get(name)
+        if value is None:
+            return default
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise ConfigError(f"{name}={value!r} is invalid (expected a port from 1 to 65535)")
+        return int(value)
+
+    def host(self, name: str, default: str) -> str:
+        value = self.get(name) or default
+        if any(c.isspace() for c in value) or "/" in value:
+            raise ConfigError(f"{name}={value!r} is invalid (expected a host name or IP address)")
+        return value
+
+    def url(self, name: str, default: str | None) -> str | None:
+        value = self.get(name)
+        if value is None:
+            return default
+        if not value.startswith(("http://", "https://")) or not URL(value).host:
+            raise ConfigError(f"{name}={value!r} is invalid (expected an http:// or https:// URL)")
+        return value.rstrip("/")
+
+    def names(self, name: str) -> list[str]:
+        return [part.strip() for part in (self.get(name) or "").split(",") if part.strip()]
+
+    def regex(self, name: str, default: str) -> re.Pattern[str] | None:
+        value = self.values.get(name, default)
+        if not value.strip():
+            return None
+        try:
+            return re.compile(value)
+        except re.error as exc:
+            raise ConfigError(
+                f"{name}={value!r} is not a valid regular expression ({exc})"
+            ) from None
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***`, fit for logs and errors."""
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """What `--check` prints: every setting, secrets masked."""
+    described: dict[str, Any] = {}
+    for item in fields(settings):
+        value = getattr(settings, item.name)
+        if item.name == "provider":
+            value = {
+                f.name: mask(f.name, getattr(value, f.name))
+                for f in fields(value)
+                if getattr(value, f.name) is not None
+            }
+        elif item.name == "rules":
+            value = [rule_summary(rule) for rule in value.rules]
+        elif item.name == "local_apps":
+            value = {name: spec.upstream for name, spec in value.items()}
+        elif item.name == "redis_url" and value:
+            value = mask_url(value)
+        else:
+            value = mask(item.name, value)
+        described[item.name] = value
+    return described
+
+
+def mask(name: str, value: Any) -> Any:
+    if value and any(hint in name.upper() for hint in SECRET_HINTS):
+        return "***"
+    if isinstance(value, re.Pattern):
+        return value.pattern
+    if isinstance(value, frozenset):
+        return sorted(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def rule_summary(rule: Rule) -> dict[str, Any]:
+    summary = {"pattern": rule.pattern.pattern}
+    for name in ("app_name", "app_max_idle_time", "linked_apps", "upstream", "readiness_path"):
+        value = getattr(rule, name)
+        if value is not None:
+            summary[name] = list(value) if isinstance(value, tuple) else value
+    return summary

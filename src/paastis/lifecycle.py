@@ -1,0 +1,411 @@
+"""The one path that wakes and stops an app: locks, hooks, provider call, readiness, events.
+
+The proxy, the scheduler and the system API all go through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+
+from paastis import events
+from paastis.catalog import AppCatalog
+from paastis.events import EventLog
+from paastis.hooks import Hooks
+from paastis.metrics import Metrics
+from paastis.providers import (
+    AppNotFound,
+    AppState,
+    PaasApp,
+    Provider,
+    ProviderError,
+    WakeTimeout,
+)
+from paastis.registry import Registry, RunningApp
+from paastis.rules import RuleSet
+
+log = logging.getLogger("paastis.lifecycle")
+
+READINESS_INTERVAL = 0.5
+# Extra seconds a cross-instance app lock outlives the operation it guards.
+LOCK_MARGIN = 30.0
+LOCK_RETRY_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class UpstreamPolicy:
+    """Where a request for an app goes, and how readiness is checked."""
+
+    url_template: str | None  # UPSTREAM_URL_TEMPLATE
+    readiness_path: str  # PROXY_READINESS_PATH ('' = no check)
+
+
+class LockOutcome(enum.Enum):
+    ACQUIRED = "acquired"
+    ACQUIRED_AFTER_WAIT = "acquired after wait"
+    BUSY = "busy"
+
+
+class Activity:
+    """Requests and streams open through this process, per app."""
+
+    def __init__(self) -> None:
+        self._open: Counter[str] = Counter()
+
+    def begin(self, app: str) -> None:
+        self._open[app] += 1
+
+    def end(self, app: str) -> None:
+        self._open[app] -= 1
+        if self._open[app] <= 0:
+            del self._open[app]
+
+    def count(self, app: str) -> int:
+        return self._open.get(app, 0)
+
+    def apps(self) -> list[str]:
+        return list(self._open)
+
+    def total(self) -> int:
+        return sum(self._open.values())
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        *,
+        provider: Provider,
+        registry: Registry,
+        event_log: EventLog,
+        hooks: Hooks,
+        catalog: AppCatalog,
+        rules: RuleSet,
+        upstream: UpstreamPolicy,
+        http: aiohttp.ClientSession,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.provider = provider
+        self.registry = registry
+        self.events = event_log
+        self.hooks = hooks
+        self.catalog = catalog
+        self.rules = rules
+        self.upstream = upstream
+        self.activity = Activity()
+        self._http = http
+        self._metrics = metrics
+        self._clock = clock
+        self._wakes: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._asleep_since: dict[str, float] = {}
+        self._asleep_total: Counter[str] = Counter()
+        event_log.subscribe(self._on_event)
+
+    # --- the hot path's helpers -------------------------------------------------------------
+
+    def touch(self, app_name: str, linked_apps: Iterable[str] = ()) -> None:
+        """Stamps the app and its linked apps (last access = now); never waits on I/O."""
+        now = datetime.now(UTC)
+        self.registry.stamp(app_name, now)
+        for name in linked_apps:
+            self.registry.stamp(name, now)
+
+    def upstream_url(self, app: PaasApp) -> str | None:
+        """The rule's upstream, else UPSTREAM_URL_TEMPLATE, else the provider's URL."""
+        route = self.rules.resolve(app.name)
+        if route.upstream:
+            return route.upstream
+        if self.upstream.url_template:
+            return self.upstream.url_template.replace("{app}", app.name)
+        return app.upstream_url
+
+    async def resolve_upstream(self, app: PaasApp) -> str:
+        """The upstream URL, asking the provider once when the listing did not carry it."""
+        url = self.upstream_url(app)
+        if url is None:
+            url = self.upstream_url(await self.catalog.fetch(app.name))
+        if url is None:
+            raise ProviderError(
+                f"{self.provider.name} reports no URL for {app.name}; set `upstream` in a rule "
+                "or UPSTREAM_URL_TEMPLATE",
+                provider=self.provider.name,
+                app=app.name,
+            )
+        return url
+
+    # --- waking -----------------------------------------------------------------------------
+
+    async def ensure_running(self, app_name: str) -> bool:
+        """Returns once the app (and its linked apps) run; True when it had to wake them.
+
+        Concurrent callers share one wake per app.
+        """
+        app = self.catalog.lookup(app_name)
+        if app is not None and app.state is AppState.UNKNOWN:
+            app = await self.catalog.fetch(app_name)
+        if app is not None and app.state is AppState.RUNNING:
+            return False
+        linked = self.rules.linked_closure(app_name)
+        results = await asyncio.gather(
+            self.wake(app_name),
+            *(self.wake(name) for name in linked if not self._is_running(name)),
+            return_exceptions=True,
+        )
+        for name, result in zip(linked, results[1:], strict=False):
+            if isinstance(result, BaseException):
+                log.warning("linked app %s of %s did not wake: %s", name, app_name, result)
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        return True
+
+    def wake_in_background(self, app_name: str) -> None:
+        """Starts the wake without waiting for it (the waiting page's case)."""
+        task = asyncio.ensure_future(self.ensure_running(app_name))
+        task.add_done_callback(_consume_exception)
+
+    async def wake(self, app_name: str) -> None:
+        """Wakes one app; every concurrent caller awaits the same wake."""
+        task = self._wakes.get(app_name)
+        if task is None:
+            task = asyncio.ensure_future(self._wake(app_name))
+            self._wakes[app_name] = task
+            task.add_done_callback(lambda _: self._wakes.pop(app_name, None))
+        await asyncio.shield(task)
+
+    def is_waking(self, app_name: str) -> bool:
+        return app_name in self._wakes
+
+    async def _wake(self, app_name: str) -> None:
+        async with self._app_lock(app_name):
+            if self._is_running(app_name):
+                return  # woken by a stop-then-wake race's other side, or another instance
+            timeout = self.provider.operation_timeout
+            async with self._shared_lock(app_name, timeout, wait=True) as outcome:
+                if outcome is LockOutcome.BUSY:
+                    raise WakeTimeout(
+                        f"another paastis instance is still busy with {app_name}",
+                        provider=self.provider.name,
+                        app=app_name,
+                    )
+                if outcome is LockOutcome.ACQUIRED_AFTER_WAIT:
+                    # Another instance acted on the app meanwhile: ask how it is now.
+                    await self.catalog.fetch(app_name)
+                if not self._is_running(app_name):
+                    await self._start(app_name, timeout)
+
+    async def _start(self, app_name: str, timeout: float) -> None:
+        started = self._clock()
+        app = self.catalog.lookup(app_name) or await self.catalog.fetch(app_name)
+        log.info("waking %s", app_name)
+        await self._run_hook("before_start", app_name)
+        try:
+            formation = await self.registry.formation(app_name)
+            await asyncio.wait_for(self.provider.start(app_name, formation), timeout + 5)
+            self.catalog.set_state(app_name, AppState.RUNNING)
+            await self._wait_until_ready(app, deadline=started + timeout)
+        except BaseException as exc:
+            await self._start_failed(app_name, exc, started)
+            raise _as_provider_error(exc, self.provider.name, app_name) from exc
+        await self._register(app_name)
+        await self._run_hook("after_start", app_name)
+        await self.events.record(events.APP_STARTED, app_name)
+        self._woke(app_name)
+        elapsed = self._clock() - started
+        self._metrics.wakes.labels(app_name, "success").inc()
+        self._metrics.wake_duration.observe(elapsed)
+        log.info("woke %s in %.1fs", app_name, elapsed)
+
+    async def _start_failed(self, app_name: str, exc: BaseException, started: float) -> None:
+        outcome = "timeout" if isinstance(exc, WakeTimeout | TimeoutError) else "error"
+        self._metrics.wakes.labels(app_name, outcome).inc()
+        log.error(
+            "waking %s failed after %.1fs: %s", app_name, self._clock() - started, exc or outcome
+        )
+        if not isinstance(exc, asyncio.CancelledError):
+            await self.events.record(events.APP_START_FAILED, app_name)
+
+    async def _wait_until_ready(self, app: PaasApp, *, deadline: float) -> None:
+        """Asks the upstream for the readiness path until it answers below 500."""
+        route = self.rules.resolve(app.name)
+        path = route.readiness_path if route.readiness_path is not None else None
+        if path is None:
+            path = self.upstream.readiness_path
+        if not path:
+            return
+        url = (await self.resolve_upstream(app)).rstrip("/") + path
+        last = "no answer"
+        while self._clock() < deadline:
+            remaining = max(0.1, deadline - self._clock())
+            try:
+                timeout = aiohttp.ClientTimeout(total=min(5.0, remaining))
+                async with self._http.get(url, timeout=timeout, allow_redirects=False) as resp:
+                    if resp.status < 500:
+                        return
+                    last = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = type(exc).__name__
+            await asyncio.sleep(min(READINESS_INTERVAL, max(0.0, deadline - self._clock())))
+        raise WakeTimeout(
+            f"{app.name} runs but {path} did not answer below 500 in time ({last})",
+            provider=self.provider.name,
+            app=app.name,
+        )
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    async def stop(self, app_name: str, *, only_if_idle: bool) -> bool:
+        """Stops the app (hooks, provider call, events) and forgets it; True when it did.
+
+        With `only_if_idle`, gives up when a request is in flight or the registry says it
+        was used recently (another instance may have served it).
+        """
+        async with self._app_lock(app_name):
+            timeout = self.provider.operation_timeout
+            async with self._shared_lock(app_name, timeout, wait=False) as outcome:
+                if outcome is LockOutcome.BUSY:
+                    return False
+                if only_if_idle and not await self._still_idle(app_name):
+                    return False
+                return await self._stop(app_name)
+
+    async def _still_idle(self, app_name: str) -> bool:
+        if self.activity.count(app_name):
+            return False
+        registered = await self.registry.get(app_name)
+        return registered is None or registered.is_idle(datetime.now(UTC))
+
+    async def _stop(self, app_name: str) -> bool:
+        started = self._clock()
+        previous = self.catalog.lookup(app_name)
+        # Requests arriving from now on wait for this stop to end, then wake the app.
+        self.catalog.set_state(app_name, AppState.STOPPED)
+        log.info("stopping %s", app_name)
+        await self._run_hook("before_stop", app_name)
+        try:
+            formation = await self.provider.stop(app_name)
+        except ProviderError as exc:
+            if previous is not None:
+                self.catalog.set_state(app_name, previous.state)
+            self._metrics.stops.labels(app_name, "error").inc()
+            log.error("stopping %s failed: %s", app_name, exc)
+            await self.events.record(events.APP_STOP_FAILED, app_name)
+            return False
+        await self.registry.remember_formation(app_name, formation)
+        await self._run_hook("after_stop", app_name)
+        await self.events.record(events.APP_STOPPED, app_name)
+        await self.registry.unregister(app_name)
+        await self.events.record(events.APP_UNREGISTERED, app_name)
+        self._asleep_since[app_name] = self._clock()
+        self._metrics.stops.labels(app_name, "success").inc()
+        log.info("stopped %s in %.1fs", app_name, self._clock() - started)
+        return True
+
+    # --- registration -----------------------------------------------------------------------
+
+    async def register(self, app: PaasApp) -> bool:
+        """Registers a running app found by discovery (its idle clock starts now)."""
+        return await self._register(app.name, region=app.region)
+
+    async def _register(self, app_name: str, *, region: str | None = None) -> bool:
+        now = datetime.now(UTC)
+        route = self.rules.resolve(app_name)
+        registered = await self.registry.register(
+            RunningApp(
+                provider=self.provider.name,
+                region=region or self.provider.region,
+                name=app_name,
+                max_idle_time=route.max_idle_time,
+                linked_apps=route.linked_apps,
+                started_at=now,
+                last_accessed_at=now,
+            )
+        )
+        if registered:
+            await self.events.record(events.APP_REGISTERED, app_name)
+        else:
+            self.registry.stamp(app_name, now)
+        return registered
+
+    async def unregister(self, app_name: str) -> None:
+        await self.registry.unregister(app_name)
+        await self.events.record(events.APP_UNREGISTERED, app_name)
+
+    # --- what the metrics read --------------------------------------------------------------
+
+    def asleep_seconds(self) -> list[tuple[str, float]]:
+        now = self._clock()
+        totals = Counter(self._asleep_total)
+        for name, since in self._asleep_since.items():
+            totals[name] += now - since
+        return list(totals.items())
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _woke(self, app_name: str) -> None:
+        since = self._asleep_since.pop(app_name, None)
+        if since is not None:
+            self._asleep_total[app_name] += self._clock() - since
+
+    def _is_running(self, app_name: str) -> bool:
+        app = self.catalog.lookup(app_name)
+        return app is not None and app.state is AppState.RUNNING
+
+    def _app_lock(self, app_name: str) -> asyncio.Lock:
+        return self._locks.setdefault(app_name, asyncio.Lock())
+
+    @asynccontextmanager
+    async def _shared_lock(
+        self, app_name: str, timeout: float, *, wait: bool
+    ) -> AsyncIterator[LockOutcome]:
+        """The app's lock across paastis instances, so one of them acts on it at a time."""
+        ttl = timeout + LOCK_MARGIN
+        deadline = self._clock() + (ttl if wait else 0.0)
+        outcome = LockOutcome.ACQUIRED
+        while True:
+            async with self.registry.lock(f"app:{app_name}", ttl) as won:
+                if won:
+                    yield outcome
+                    return
+            if self._clock() >= deadline:
+                yield LockOutcome.BUSY
+                return
+            outcome = LockOutcome.ACQUIRED_AFTER_WAIT
+            await asyncio.sleep(LOCK_RETRY_INTERVAL)
+
+    async def _run_hook(self, hook: str, app_name: str) -> None:
+        app = self.catalog.lookup(app_name)
+        region = app.region if app and app.region else self.provider.region
+        await self.hooks.run(hook, app_name=app_name, provider=self.provider.name, region=region)
+
+    def _on_event(self, event: events.Event) -> None:
+        """Keeps the catalog true to the starts and stops of every paastis instance."""
+        if event.name == events.APP_STARTED:
+            self.catalog.set_state(event.oid, AppState.RUNNING)
+        elif event.name == events.APP_STOPPED:
+            self.catalog.set_state(event.oid, AppState.STOPPED)
+
+
+def _as_provider_error(exc: BaseException, provider: str, app: str) -> BaseException:
+    if isinstance(exc, ProviderError | asyncio.CancelledError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return WakeTimeout(f"{app} did not start in time", provider=provider, app=app)
+    return ProviderError(f"waking {app} failed: {exc}", provider=provider, app=app)
+
+
+def _consume_exception(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("background wake failed: %s", task.exception())
+
+
+__all__ = ["Activity", "AppNotFound", "Lifecycle", "UpstreamPolicy"]

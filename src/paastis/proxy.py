@@ -1,0 +1,401 @@
+"""The reverse proxy: Host -> app, wake when needed, stream the request and the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from paastis.lifecycle import Lifecycle
+from paastis.metrics import Metrics
+from paastis.providers import AppNotFound, AppState, PaasApp, ProviderError, WakeTimeout
+from paastis.waiting_page import is_browser_navigation, waiting_page
+
+access_log = logging.getLogger("paastis.access")
+log = logging.getLogger("paastis.proxy")
+
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Trailers",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+SYSTEM_HEADERS = frozenset({"paastisproxytarget", "paastisproxysystemapitoken"})
+# Never forwarded upstream; `Host` is set from the upstream URL.
+DROPPED_REQUEST_HEADERS = HOP_BY_HOP | SYSTEM_HEADERS | {"host"}
+RETRY_AFTER_ON_WAKE_TIMEOUT = "10"
+WS_MESSAGE_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+SystemHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class ProxyPolicy:
+    ignored_apps: frozenset[str]
+    wake_strategy: str  # "auto" or "blocking"
+    no_wake_user_agents: re.Pattern[str] | None
+    connect_timeout: float
+    read_timeout: float
+    max_connection_lifetime: float | None
+    system_api_enabled: bool
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        lifecycle: Lifecycle,
+        policy: ProxyPolicy,
+        http: aiohttp.ClientSession,
+        metrics: Metrics,
+        system_api: SystemHandler | None,
+    ) -> None:
+        self._lifecycle = lifecycle
+        self._policy = policy
+        self._http = http
+        self._metrics = metrics
+        self._system_api = system_api
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=policy.connect_timeout, sock_read=policy.read_timeout
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self._system_api and request.headers.get("PaastisProxyTarget", "").lower() == "system":
+            return await self._system_api(request)
+        started = time.monotonic()
+        key = app_key(request.host)
+        if key is None:
+            return text_response(400, "paastis: the request has no usable Host header\n")
+        app_name = self._lifecycle.rules.resolve(key).app_name
+        outcome = RequestOutcome(app=app_name)
+        try:
+            response = await self._serve(request, app_name, outcome)
+        except asyncio.CancelledError:
+            outcome.status = 499  # the client went away
+            raise
+        finally:
+            self._record(request, outcome, time.monotonic() - started)
+        outcome.status = response.status
+        return response
+
+    async def _serve(
+        self, request: web.Request, app_name: str, outcome: RequestOutcome
+    ) -> web.StreamResponse:
+        lifecycle = self._lifecycle
+        try:
+            app = lifecycle.catalog.lookup(app_name) or await lifecycle.catalog.find(app_name)
+        except ProviderError as exc:
+            log.error("cannot list the apps of %s: %s", exc.provider, exc)
+            return text_response(502, f"paastis: cannot reach the provider for {app_name}\n")
+        if app is None:
+            outcome.app = ""  # unknown hosts must not create metric series
+            return text_response(404, f"paastis: no app named {app_name}\n")
+        app_name = outcome.app = app.name
+        if app_name in self._policy.ignored_apps:
+            if app.state is not AppState.RUNNING:
+                return text_response(503, f"paastis: {app_name} is not running\n")
+            return await self._forward(request, app, managed=False)
+        if app.state is not AppState.RUNNING:
+            early = await self._wake(request, app_name, outcome)
+            if early is not None:
+                return early
+            app = lifecycle.catalog.lookup(app_name) or app
+        return await self._forward(request, app, managed=True, cold=outcome.cold)
+
+    async def _wake(
+        self, request: web.Request, app_name: str, outcome: RequestOutcome
+    ) -> web.StreamResponse | None:
+        """Wakes the app, or answers at once; returns the early answer, if any."""
+        agent = request.headers.get("User-Agent", "")
+        pattern = self._policy.no_wake_user_agents
+        if pattern is not None and agent and pattern.search(agent):
+            response = text_response(503, f"paastis: {app_name} is asleep\n")
+            response.headers["Retry-After"] = RETRY_AFTER_ON_WAKE_TIMEOUT
+            response.headers["X-Paastis-App-State"] = "sleeping"
+            return response
+        if self._policy.wake_strategy == "auto" and is_browser_navigation(request):
+            self._lifecycle.wake_in_background(app_name)
+            return waiting_page(app_name)
+        try:
+            outcome.cold = await self._lifecycle.ensure_running(app_name)
+        except AppNotFound:
+            return text_response(404, f"paastis: no app named {app_name}\n")
+        except WakeTimeout:
+            response = text_response(503, f"paastis: {app_name} did not wake up in time\n")
+            response.headers["Retry-After"] = RETRY_AFTER_ON_WAKE_TIMEOUT
+            return response
+        except ProviderError:
+            return text_response(502, f"paastis: the provider failed to wake {app_name}\n")
+        return None
+
+    async def _forward(
+        self, request: web.Request, app: PaasApp, *, managed: bool, cold: bool = False
+    ) -> web.StreamResponse:
+        lifecycle = self._lifecycle
+        try:
+            base = await lifecycle.resolve_upstream(app)
+        except ProviderError as exc:
+            log.error("no upstream for %s: %s", app.name, exc)
+            return text_response(502, f"paastis: no upstream known for {app.name}\n")
+        linked = lifecycle.rules.resolve(app.name).linked_apps if managed else ()
+        if managed:
+            lifecycle.touch(app.name, linked)
+        lifecycle.activity.begin(app.name)
+        self._metrics.in_flight.labels(app.name).inc()
+        try:
+            if is_websocket_upgrade(request):
+                return await self._forward_websocket(request, base)
+            return await self._forward_http(request, base, cold)
+        finally:
+            lifecycle.activity.end(app.name)
+            self._metrics.in_flight.labels(app.name).dec()
+            if managed:
+                lifecycle.touch(app.name, linked)
+
+    async def _forward_http(
+        self, request: web.Request, base: str, cold: bool
+    ) -> web.StreamResponse:
+        url = upstream_url(base, request)
+        headers = upstream_headers(request, url)
+        body = request.content if request.body_exists else None
+        try:
+            upstream = await self._http.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=self._timeout,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            return text_response(504, "paastis: the app did not answer in time\n")
+        except aiohttp.ClientError as exc:
+            log.warning("upstream %s unreachable: %s", url.origin(), exc)
+            return text_response(502, "paastis: the app is unreachable\n")
+        async with upstream:
+            response = web.StreamResponse(
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=downstream_headers(upstream.headers, url, request),
+            )
+            if cold:
+                response.headers["X-Paastis-Cold-Start"] = "true"
+            if upstream.content_length is not None and "Content-Length" in upstream.headers:
+                response.content_length = upstream.content_length
+            await response.prepare(request)
+            await self._stream_body(upstream, response)
+            return response
+
+    async def _stream_body(
+        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse
+    ) -> None:
+        lifetime = self._policy.max_connection_lifetime
+        try:
+            async with asyncio.timeout(lifetime):
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+        except TimeoutError:
+            log.info("closing a stream open for longer than %ss", lifetime)
+            return
+        except (aiohttp.ClientError, ConnectionResetError) as exc:
+            # Headers are gone already: all we can do is end the answer short.
+            log.warning("upstream stream broke: %s", exc)
+            return
+        await response.write_eof()
+
+    async def _forward_websocket(self, request: web.Request, base: str) -> web.StreamResponse:
+        url = upstream_url(base, request)
+        ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
+        headers = upstream_headers(request, url, websocket=True)
+        protocols = [
+            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p
+        ]
+        try:
+            upstream = await self._http.ws_connect(
+                ws_url,
+                headers=headers,
+                protocols=protocols,
+                timeout=aiohttp.ClientWSTimeout(ws_close=10),
+                autoping=True,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            return text_response(exc.status or 502, "paastis: the app refused the WebSocket\n")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("upstream WebSocket %s unreachable: %s", ws_url.origin(), exc)
+            return text_response(502, "paastis: the app is unreachable\n")
+        client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
+        await client.prepare(request)
+        try:
+            async with asyncio.timeout(self._policy.max_connection_lifetime):
+                await pump_both_ways(client, upstream)
+        except TimeoutError:
+            log.info("closing a WebSocket open for longer than the maximum lifetime")
+        finally:
+            await upstream.close()
+            await client.close()
+        return client
+
+    def _record(self, request: web.Request, outcome: RequestOutcome, duration: float) -> None:
+        self._metrics.requests.labels(outcome.app, f"{outcome.status // 100}xx").inc()
+        self._metrics.request_duration.observe(duration)
+        access_log.info(
+            "%s %s %s -> %s in %.3fs%s",
+            outcome.app or "-",
+            request.method,
+            request.path,
+            outcome.status,
+            duration,
+            " (cold start)" if outcome.cold else "",
+            extra={
+                "app": outcome.app,
+                "method": request.method,
+                "path": request.path,
+                "status": outcome.status,
+                "duration": round(duration, 4),
+                "cold_start": outcome.cold,
+            },
+        )
+
+
+@dataclass
+class RequestOutcome:
+    app: str
+    status: int = 500
+    cold: bool = False
+
+
+async def pump_both_ways(
+    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+) -> None:
+    """Copies messages both ways until either side closes."""
+
+    async def client_to_upstream() -> None:
+        async for message in client:
+            if message.type is WSMsgType.TEXT:
+                await upstream.send_str(message.data)
+            elif message.type is WSMsgType.BINARY:
+                await upstream.send_bytes(message.data)
+        await upstream.close(code=client.close_code or 1000)
+
+    async def upstream_to_client() -> None:
+        async for message in upstream:
+            if message.type is WSMsgType.TEXT:
+                await client.send_str(message.data)
+            elif message.type is WSMsgType.BINARY:
+                await client.send_bytes(message.data)
+        await client.close(code=upstream.close_code or 1000)
+
+    tasks = [
+        asyncio.ensure_future(client_to_upstream()),
+        asyncio.ensure_future(upstream_to_client()),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def app_key(host: str | None) -> str | None:
+    """The first label of the host name, lowercased, without port; None for an IP or nothing."""
+    if not host:
+        return None
+    host = host.strip()
+    if host.startswith("["):
+        return None  # an IPv6 literal
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if not name or is_ip_address(name) or ":" in name:
+        return None
+    key = name.split(".", 1)[0].lower()
+    return key or None
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    return (
+        request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in request.headers.get("Connection", "").lower()
+    )
+
+
+def upstream_url(base: str, request: web.BaseRequest) -> URL:
+    """The upstream base (its path a prefix) plus the request's path and query, as sent."""
+    return URL(base.rstrip("/") + request.raw_path, encoded=True)
+
+
+def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """Headers named in `Connection`, hop-by-hop for this hop only."""
+    return {
+        token.strip().lower()
+        for value in headers.getall("Connection", [])
+        for token in value.split(",")
+        if token.strip()
+    }
+
+
+def upstream_headers(
+    request: web.BaseRequest, url: URL, *, websocket: bool = False
+) -> CIMultiDict[str]:
+    dropped = DROPPED_REQUEST_HEADERS | connection_tokens(request.headers)
+    if websocket:  # aiohttp's WebSocket client writes its own handshake headers
+        dropped = dropped | {h for h in request.headers if h.lower().startswith("sec-websocket-")}
+        dropped = {h.lower() for h in dropped}
+    headers = CIMultiDict(
+        (name, value) for name, value in request.headers.items() if name.lower() not in dropped
+    )
+    remote = request.remote or ""
+    previous = request.headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{previous}, {remote}" if previous else remote
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers["X-Forwarded-Host"] = request.host
+    origin = request.headers.get("Origin")
+    if origin and origin == f"{request.scheme}://{request.host}":
+        headers["Origin"] = str(url.origin())
+    return headers
+
+
+def downstream_headers(
+    upstream: CIMultiDictProxy[str], url: URL, request: web.BaseRequest
+) -> CIMultiDict[str]:
+    dropped = HOP_BY_HOP | connection_tokens(upstream) | {"content-length"}
+    headers = CIMultiDict(
+        (name, value) for name, value in upstream.items() if name.lower() not in dropped
+    )
+    location = headers.get("Location")
+    upstream_origin = str(url.origin())
+    if location and location.startswith(upstream_origin):
+        # A redirect to the app's own origin stays behind paastis.
+        headers["Location"] = (
+            f"{request.scheme}://{request.host}" + location[len(upstream_origin) :]
+        )
+    return headers
+
+
+def text_response(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text, headers={"Cache-Control": "no-store"})

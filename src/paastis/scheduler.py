@@ -1,0 +1,129 @@
+"""The cron-driven background task: discover running apps, forget stopped ones, stop idle ones."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from croniter import croniter
+
+from paastis.lifecycle import Lifecycle
+from paastis.metrics import Metrics
+from paastis.providers import AppState, ProviderError
+from paastis.registry import RunningApp
+
+log = logging.getLogger("paastis.scheduler")
+
+# A tick's lease outlives the tick should its instance die mid-tick.
+TICK_LEASE_SECONDS = 300.0
+
+
+@dataclass
+class TickReport:
+    listed: int = 0
+    registered: list[str] = field(default_factory=list)
+    unregistered: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why the tick did nothing
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        lifecycle: Lifecycle,
+        cron: str,
+        ignored_apps: frozenset[str],
+        metrics: Metrics,
+    ) -> None:
+        self._lifecycle = lifecycle
+        self._cron = cron
+        self._ignored = ignored_apps
+        self._metrics = metrics
+        self._stopping = asyncio.Event()
+        self._lock = asyncio.Lock()
+        # Apps registered at the last tick, for the metrics.
+        self.registered_count = 0
+
+    async def run(self) -> None:
+        """A tick now, then one per cron occurrence, until `stop()`."""
+        schedule = croniter(self._cron, datetime.now(UTC), second_at_beginning=False)
+        while not self._stopping.is_set():
+            await self.tick()
+            delay = next_delay(schedule)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    def stop(self) -> None:
+        """Ends the loop after the tick under way, if any."""
+        self._stopping.set()
+
+    async def tick(self) -> TickReport:
+        """One pass; never overlaps another and never raises."""
+        if self._lock.locked():
+            return TickReport(skipped="the previous tick is still running")
+        async with self._lock:
+            started = time.monotonic()
+            try:
+                return await self._tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+                return TickReport(skipped="error")
+            finally:
+                self._metrics.tick_duration.observe(time.monotonic() - started)
+
+    async def _tick(self) -> TickReport:
+        lifecycle = self._lifecycle
+        async with lifecycle.registry.lock("tick", TICK_LEASE_SECONDS) as leader:
+            if not leader:
+                return TickReport(skipped="another paastis instance runs this tick")
+            try:
+                apps = await lifecycle.catalog.refresh()
+            except ProviderError as exc:
+                log.error("listing the apps failed, so nothing is stopped this tick: %s", exc)
+                return TickReport(skipped="listing failed")
+            report = TickReport(listed=len(apps))
+            if not lifecycle.registry.available:
+                log.warning("the registry is unreachable, so nothing is stopped this tick")
+                report.skipped = "registry unavailable"
+                return report
+            registered = {app.name: app for app in await lifecycle.registry.list()}
+            self.registered_count = len(registered)
+            for app in apps:
+                if app.name in self._ignored or self._stopping.is_set():
+                    continue
+                await self._visit(app.name, app.state, registered.get(app.name), report)
+            return report
+
+    async def _visit(
+        self, name: str, state: AppState, registered: RunningApp | None, report: TickReport
+    ) -> None:
+        lifecycle = self._lifecycle
+        if state is AppState.STOPPED:
+            if registered is not None and not lifecycle.is_waking(name):
+                await lifecycle.unregister(name)
+                report.unregistered.append(name)
+            return
+        if state is not AppState.RUNNING:
+            return  # starting, failed or unknown: look again next tick
+        app = lifecycle.catalog.lookup(name)
+        if registered is None:
+            if app is not None and await lifecycle.register(app):
+                report.registered.append(name)
+            return
+        idle = registered.is_idle(datetime.now(UTC)) and not lifecycle.activity.count(name)
+        if idle and await lifecycle.stop(name, only_if_idle=True):
+            report.stopped.append(name)
+
+
+def next_delay(schedule: croniter) -> float:
+    """Seconds until the next cron occurrence (croniter keeps its own position)."""
+    upcoming: datetime = schedule.get_next(datetime)
+    now = datetime.now(UTC)
+    while upcoming <= now:  # a slow tick may have passed occurrences: skip them
+        upcoming = schedule.get_next(datetime)
+    return (upcoming - now).total_seconds()

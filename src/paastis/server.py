@@ -1,0 +1,226 @@
+"""Builds everything from the configuration, serves, and shuts down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections import Counter
+from datetime import UTC, datetime
+
+import aiohttp
+from aiohttp import web
+
+from paastis.catalog import AppCatalog
+from paastis.config import Settings
+from paastis.events import EventLog, InMemoryEventLog
+from paastis.hooks import Hooks
+from paastis.lifecycle import Lifecycle, UpstreamPolicy
+from paastis.metrics import Metrics
+from paastis.providers.api import ProviderCallCounter
+from paastis.providers.factory import build_provider
+from paastis.proxy import Proxy, ProxyPolicy
+from paastis.registry import Registry
+from paastis.registry.memory import InMemoryRegistry
+from paastis.scheduler import Scheduler
+from paastis.system_api import SystemApi, error, metrics_response
+
+log = logging.getLogger("paastis.server")
+
+# While connections are open, their apps are stamped this often, so a long WebSocket keeps its
+# app awake (and other instances see it).
+ACTIVITY_STAMP_INTERVAL = 5.0
+
+
+class Server:
+    def __init__(self, settings: Settings, *, shutdown_grace: float = 30.0) -> None:
+        self.settings = settings
+        self.shutdown_grace = shutdown_grace
+        self.shutting_down = False
+        self._stop_requested = asyncio.Event()
+        self._runners: list[web.BaseRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.main_port: int | None = None
+        self.admin_port: int | None = None
+
+    def request_shutdown(self) -> None:
+        if not self._stop_requested.is_set():
+            log.info(
+                "shutting down: finishing in-flight requests (at most %ss)", self.shutdown_grace
+            )
+        self.shutting_down = True
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        """Serves until SIGTERM/SIGINT (or `request_shutdown()`), then shuts down."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_shutdown)
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+        finally:
+            await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def start(self) -> None:
+        s = self.settings
+        self.counter = ProviderCallCounter()
+        self.metrics = Metrics()
+        self.metrics.watch_provider_calls(self.counter)
+        self.api_http = aiohttp.ClientSession(trust_env=False)
+        self.upstream_http = upstream_session(s)
+        self.provider = build_provider(
+            s.provider, local_apps=s.local_apps, session=self.api_http, counter=self.counter
+        )
+        self.registry, self.event_log = build_registry(s)
+        await self.registry.start()
+        await self.event_log.start()
+        self.catalog = AppCatalog(self.provider)
+        self.lifecycle = Lifecycle(
+            provider=self.provider,
+            registry=self.registry,
+            event_log=self.event_log,
+            hooks=Hooks(s.hooks, s.hooks_timeout),
+            catalog=self.catalog,
+            rules=s.rules,
+            upstream=UpstreamPolicy(s.upstream_url_template, s.readiness_path),
+            http=self.upstream_http,
+            metrics=self.metrics,
+        )
+        self.metrics.watch_apps(self._apps_by_state, self.lifecycle.asleep_seconds)
+        system_api = SystemApi(
+            lifecycle=self.lifecycle, token=s.system_api_token or "", metrics=self.metrics
+        )
+        self.proxy = Proxy(
+            lifecycle=self.lifecycle,
+            policy=ProxyPolicy(
+                ignored_apps=s.ignored_apps,
+                wake_strategy=s.wake_strategy,
+                no_wake_user_agents=s.no_wake_user_agents,
+                connect_timeout=s.connect_timeout,
+                read_timeout=s.read_timeout,
+                max_connection_lifetime=s.max_connection_lifetime,
+                system_api_enabled=s.system_api_enabled,
+            ),
+            http=self.upstream_http,
+            metrics=self.metrics,
+            system_api=system_api.handle if s.system_api_enabled else None,
+        )
+        self.system_api = system_api
+        self.scheduler = Scheduler(
+            lifecycle=self.lifecycle,
+            cron=s.cron,
+            ignored_apps=s.ignored_apps,
+            metrics=self.metrics,
+        )
+        if s.admin_port is not None:
+            self.admin_port = await self._listen(self._admin, s.admin_host, s.admin_port)
+        self.main_port = await self._listen(self.proxy.handle, s.host, s.port)
+        log.info(
+            "paastis listening on %s:%s (provider %s, registry %s)",
+            s.host, self.main_port, s.provider.name, s.registry_type,
+        )  # fmt: skip
+        self._tasks = [
+            asyncio.ensure_future(self.scheduler.run()),
+            asyncio.ensure_future(self._stamp_open_connections()),
+        ]
+
+    async def _listen(self, handler, host: str, port: int) -> int:
+        runner = web.ServerRunner(
+            web.Server(handler, handler_cancellation=True),
+            shutdown_timeout=self.shutdown_grace,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, shutdown_timeout=self.shutdown_grace)
+        await site.start()
+        self._runners.append(runner)
+        return runner.addresses[0][1]
+
+    async def shutdown(self) -> None:
+        self.shutting_down = True
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.stop()
+        # The main listener first: stop accepting, let in-flight requests finish (bounded).
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=self.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for closer in ("event_log", "registry", "provider"):
+            component = getattr(self, closer, None)
+            if component is not None:
+                await self._close(closer, component.close())
+        for session in ("api_http", "upstream_http"):
+            client = getattr(self, session, None)
+            if client is not None:
+                await client.close()
+        log.info("paastis stopped")
+
+    async def _close(self, name: str, closing) -> None:
+        try:
+            await asyncio.wait_for(closing, timeout=self.shutdown_grace)
+        except Exception:
+            log.exception("closing the %s failed", name)
+
+    async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The admin listener: health and metrics without a token, the system API with one."""
+        if request.path == "/health":
+            if request.method not in ("GET", "HEAD"):
+                return error(405, "method not allowed")
+            if self.shutting_down:
+                return web.json_response({"status": "shutting down"}, status=503)
+            return web.json_response({"status": "ok"})
+        if request.path == "/metrics" and request.method == "GET":
+            return metrics_response(self.metrics)
+        return await self.system_api.handle(request)
+
+    async def _stamp_open_connections(self) -> None:
+        while True:
+            await asyncio.sleep(ACTIVITY_STAMP_INTERVAL)
+            now = datetime.now(UTC)
+            for app in self.lifecycle.activity.apps():
+                self.registry.stamp(app, now)
+
+    def _apps_by_state(self) -> dict[str, int]:
+        states = Counter(app.state.value for app in self.catalog.all())
+        states["registered"] = self.scheduler.registered_count
+        return dict(states)
+
+
+def upstream_session(settings: Settings) -> aiohttp.ClientSession:
+    """The client for upstream apps: streams bodies as they are, keeps no cookies."""
+    if not settings.upstream_tls_verify:
+        log.warning("UPSTREAM_TLS_VERIFY=false: upstream TLS certificates are NOT verified")
+    connector = aiohttp.TCPConnector(
+        ssl=None if settings.upstream_tls_verify else False,
+        limit=0,
+        ttl_dns_cache=60,
+        enable_cleanup_closed=True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+    )
+
+
+def build_registry(settings: Settings) -> tuple[Registry, EventLog]:
+    if settings.registry_type == "redis":
+        from paastis.registry.redis import RedisRegistry
+        from paastis.registry.redis_connection import RedisConnection
+        from paastis.registry.redis_events import RedisEventLog
+
+        assert settings.redis_url is not None  # checked by the configuration
+        connection = RedisConnection(settings.redis_url)
+        return (
+            RedisRegistry(connection, prefix=settings.redis_prefix),
+            RedisEventLog(connection, prefix=settings.redis_prefix),
+        )
+    return InMemoryRegistry(), InMemoryEventLog()

@@ -1,0 +1,145 @@
+"""The system API: list, inspect, start and stop apps, read events and metrics (JSON, token)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from paastis.events import iso_utc
+from paastis.lifecycle import Lifecycle
+from paastis.metrics import CONTENT_TYPE, Metrics
+from paastis.providers import PaasApp, ProviderError
+from paastis.registry import RunningApp
+
+log = logging.getLogger("paastis.system_api")
+
+Handler = Callable[[web.Request, re.Match[str]], Awaitable[web.StreamResponse]]
+
+
+class SystemApi:
+    def __init__(self, *, lifecycle: Lifecycle, token: str, metrics: Metrics) -> None:
+        self._lifecycle = lifecycle
+        self._token = token.encode()
+        self._metrics = metrics
+        self._background: set[asyncio.Task[Any]] = set()
+        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+            (re.compile(r"/apps/?"), {"GET": self.list_apps, "DELETE": self.forget_apps}),
+            (re.compile(r"/events/?"), {"GET": self.list_events}),
+            (re.compile(r"/metrics/?"), {"GET": self.metrics}),
+            (re.compile(r"/apps/(?P<name>[^/]+)/?"), {"GET": self.get_app}),
+            (re.compile(r"/apps/(?P<name>[^/]+)/start/?"), {"POST": self.start_app}),
+            (re.compile(r"/apps/(?P<name>[^/]+)/stop/?"), {"POST": self.stop_app}),
+        ]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return error(401, "missing or invalid system API token")
+        for pattern, methods in self._routes:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            handler = methods.get(request.method)
+            if handler is None:
+                response = error(405, f"method {request.method} not allowed on {request.path}")
+                response.headers["Allow"] = ", ".join(methods)
+                return response
+            try:
+                return await handler(request, match)
+            except ProviderError as exc:
+                log.error("system API %s %s: %s", request.method, request.path, exc)
+                return error(502, f"provider error: {exc}")
+        return error(404, f"no route {request.path}")
+
+    def _authorized(self, request: web.Request) -> bool:
+        given = request.headers.get("PaastisProxySystemApiToken")
+        if given is None:
+            scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+            given = credentials.strip() if scheme.lower() == "bearer" else ""
+        return hmac.compare_digest(given.encode(), self._token)
+
+    async def list_apps(self, request: web.Request, match: re.Match[str]) -> web.Response:
+        apps = await self._lifecycle.catalog.refresh()
+        registered = {app.name: app for app in await self._lifecycle.registry.list()}
+        return web.json_response([self._describe(app, registered.get(app.name)) for app in apps])
+
+    async def forget_apps(self, request: web.Request, match: re.Match[str]) -> web.Response:
+        await self._lifecycle.registry.clear()
+        return web.Response(status=204)
+
+    async def list_events(self, request: web.Request, match: re.Match[str]) -> web.Response:
+        events = await self._lifecycle.events.list()
+        return web.json_response([event.to_json() for event in events])
+
+    async def metrics(self, request: web.Request, match: re.Match[str]) -> web.Response:
+        return metrics_response(self._metrics)
+
+    async def get_app(self, request: web.Request, match: re.Match[str]) -> web.Response:
+        app = await self._find(match["name"])
+        if app is None:
+            return error(404, f"no app named {match['name']}")
+        registered = await self._lifecycle.registry.get(app.name)
+        return web.json_response(self._describe(app, registered))
+
+    async def start_app(self, request: web.Request, match: re.Match[str]) -> web.Response:
+        app = await self._find(match["name"])
+        if app is None:
+            return error(404, f"no app named {match['name']}")
+        self._lifecycle.wake_in_background(app.name)
+        return web.json_response({"app": app.name, "action": "start"}, status=202)
+
+    async def stop_app(self, request: web.Request, match: re.Match[str]) -> web.Response:
+        app = await self._find(match["name"])
+        if app is None:
+            return error(404, f"no app named {match['name']}")
+        task = asyncio.ensure_future(self._lifecycle.stop(app.name, only_if_idle=False))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return web.json_response({"app": app.name, "action": "stop"}, status=202)
+
+    async def _find(self, name: str) -> PaasApp | None:
+        return await self._lifecycle.catalog.find(name)
+
+    def _describe(self, app: PaasApp, registered: RunningApp | None) -> dict[str, Any]:
+        route = self._lifecycle.rules.resolve(app.name)
+        return {
+            "name": app.name,
+            "id": app.id,
+            "region": app.region,
+            "status": app.status or app.state.value,
+            "url": app.upstream_url,
+            "created_at": optional_iso(app.created_at),
+            "updated_at": optional_iso(app.updated_at),
+            "last_deployed_at": optional_iso(app.last_deployed_at),
+            "force_https": app.force_https,
+            "sticky_session": app.sticky_session,
+            "git_url": app.git_url,
+            "provider": app.provider,
+            "is_monitored": registered is not None,
+            "max_idle_time": registered.max_idle_time if registered else route.max_idle_time,
+            "last_accessed_at": optional_iso(registered.last_accessed_at if registered else None),
+        }
+
+
+def optional_iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return iso_utc(moment)
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def metrics_response(metrics: Metrics) -> web.Response:
+    response = web.Response(body=metrics.render())
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
