@@ -1,0 +1,562 @@
+"""The Scalingo adapter against the Scalingo emulator, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from tests.emulators.scalingo import ScalingoEmulator
+
+from paastis.providers import (
+    AppNotFound,
+    AppState,
+    OperationFailed,
+    ProviderAuthError,
+    ProviderUnavailable,
+    WakeTimeout,
+)
+from paastis.providers.api import ProviderCallCounter, RetryPolicy
+from paastis.providers.ratelimit import TokenBucket
+from paastis.providers.scalingo import ScalingoProvider
+
+TOKEN = "tk-us-emulated-token"
+POLL = 0.05
+BOOT = 0.2
+
+MakeProvider = Callable[..., ScalingoProvider]
+
+
+@pytest.fixture
+def emulator() -> ScalingoEmulator:
+    return ScalingoEmulator(valid_tokens=(TOKEN,), boot_delay=BOOT)
+
+
+@pytest.fixture
+async def server(aiohttp_server: Any, emulator: ScalingoEmulator) -> TestServer:
+    return await aiohttp_server(emulator.app())
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client_session:
+        yield client_session
+
+
+@pytest.fixture
+def make_provider(server: TestServer, session: aiohttp.ClientSession) -> MakeProvider:
+    base = str(server.make_url("/")).rstrip("/")
+
+    def make(**overrides: Any) -> ScalingoProvider:
+        options: dict[str, Any] = {
+            "api_token": TOKEN,
+            "api_url": base,
+            "auth_url": base,
+            "session": session,
+            "counter": ProviderCallCounter(),
+            "poll_interval": POLL,
+            "operation_timeout": 5.0,
+            "retry": RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05),
+            "limiter": TokenBucket(1000, 1000),
+        }
+        options.update(overrides)
+        return ScalingoProvider(**options)
+
+    return make
+
+
+@pytest.fixture
+def provider(make_provider: MakeProvider) -> ScalingoProvider:
+    return make_provider()
+
+
+def api_calls(emulator: ScalingoEmulator) -> int:
+    """Calls to the regional API (the token exchange excluded)."""
+    return sum(n for route, n in emulator.calls.items() if route != "exchange_token")
+
+
+# -- listing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ("running", AppState.RUNNING),
+        ("stopped", AppState.STOPPED),
+        ("scaling", AppState.STARTING),
+        ("restarting", AppState.STARTING),
+        ("booting", AppState.STARTING),
+        ("crashed", AppState.FAILED),
+        ("new", AppState.STOPPED),
+        ("something-else", AppState.UNKNOWN),
+    ],
+)
+async def test_list_apps_maps_scalingo_status_to_state(
+    emulator: ScalingoEmulator, provider: ScalingoProvider, status: str, state: AppState
+) -> None:
+    emulator.add_app("my-app", status=status)
+
+    [app] = await provider.list_apps()
+
+    assert (app.state, app.status) == (state, status)
+
+
+async def test_list_apps_is_a_single_api_call(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    for i in range(5):
+        emulator.add_app(f"app-{i}")
+
+    apps = await provider.list_apps()
+
+    assert len(apps) == 5
+    assert api_calls(emulator) == 1
+
+
+async def test_list_apps_uses_base_url_not_custom_domain_url(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", base_url="http://127.0.0.1:9999", url="https://shop.example.com")
+
+    [app] = await provider.list_apps()
+
+    assert app.upstream_url == "http://127.0.0.1:9999"
+
+
+async def test_list_apps_falls_back_to_the_default_domain_without_base_url(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", base_url=None, region="osc-secnum-fr1")
+
+    [app] = await provider.list_apps()
+
+    assert app.upstream_url == "https://shop.osc-secnum-fr1.scalingo.io"
+
+
+async def test_list_apps_reports_metadata_with_aware_datetimes(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulated = emulator.add_app("shop")
+    emulated.force_https = True
+
+    [app] = await provider.list_apps()
+
+    assert (app.id, app.region, app.provider) == (emulated.id, "osc-fr1", "scalingo")
+    assert app.created_at is not None and app.created_at.utcoffset() is not None
+    assert app.last_deployed_at is not None and app.last_deployed_at.utcoffset() is not None
+    assert (app.force_https, app.sticky_session) == (True, False)
+    assert app.git_url == emulated.git_url
+
+
+# -- one app ----------------------------------------------------------------------------
+
+
+async def test_get_app_of_unknown_app_raises_app_not_found(provider: ScalingoProvider) -> None:
+    with pytest.raises(AppNotFound):
+        await provider.get_app("ghost")
+
+
+async def test_get_app_of_running_app_confirms_web_containers_in_two_calls(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 2})
+
+    app = await provider.get_app("shop")
+
+    assert app.state is AppState.RUNNING
+    assert api_calls(emulator) == 2
+
+
+async def test_get_app_of_running_app_with_booting_web_is_starting(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 2})
+    emulator.apps["shop"].containers[1].ready_at = asyncio.get_running_loop().time() + 60
+
+    app = await provider.get_app("shop")
+
+    assert (app.status, app.state) == ("running", AppState.STARTING)
+
+
+async def test_get_app_with_only_a_worker_running_is_stopped_for_http(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 0, "worker": 1})
+
+    app = await provider.get_app("shop")
+
+    assert (app.status, app.state) == ("running", AppState.STOPPED)
+
+
+# -- start ------------------------------------------------------------------------------
+
+
+async def test_start_restores_the_remembered_formation(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 2, "worker": 1}, status="stopped")
+
+    await provider.start("shop", {"web": 2, "worker": 1})
+
+    assert emulator.apps["shop"].formation == {"web": 2, "worker": 1}
+
+
+async def test_start_returns_only_once_web_containers_run(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 2, "worker": 1}, status="stopped")
+    began = time.monotonic()
+
+    await provider.start("shop", {"web": 2, "worker": 1})
+
+    assert time.monotonic() - began >= BOOT
+    assert emulator.web_states("shop") == ["running", "running"]
+    assert emulator.status_of("shop") == "running"
+
+
+async def test_start_waits_for_web_containers_still_booting_after_the_operation(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.container_boot_lag = 0.2
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+
+    await provider.start("shop", None)
+
+    assert emulator.web_states("shop") == ["running"]
+    assert emulator.count("ps") >= 2
+
+
+async def test_start_without_formation_scales_web_to_one(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 3, "worker": 2}, status="stopped")
+
+    await provider.start("shop", None)
+
+    assert emulator.apps["shop"].formation == {"web": 1, "worker": 0}
+
+
+async def test_start_without_formation_never_scales_down_a_running_web(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 3})
+
+    await provider.start("shop", None)
+
+    assert emulator.apps["shop"].formation == {"web": 3}
+    assert emulator.count("scale") == 0
+
+
+async def test_app_name_cannot_escape_its_api_path(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop")
+
+    with pytest.raises(AppNotFound):
+        await provider.get_app("shop/ps")
+
+    assert emulator.count("ps") == 0
+
+
+async def test_start_of_running_app_treats_no_change_as_success(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 1})
+
+    await provider.start("shop", {"web": 1})
+
+    assert emulator.statuses("scale") == [400]
+    assert emulator.count("operation") == 0
+
+
+async def test_start_retries_while_the_app_is_busy(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+    emulator.make_busy("shop", 0.15)
+
+    await provider.start("shop", {"web": 1})
+
+    statuses = emulator.statuses("scale")
+    assert statuses[0] == 422 and statuses[-1] == 202
+    assert emulator.web_states("shop") == ["running"]
+
+
+async def test_start_of_unknown_app_raises_app_not_found(provider: ScalingoProvider) -> None:
+    with pytest.raises(AppNotFound):
+        await provider.start("ghost", None)
+
+
+@pytest.mark.parametrize("status", [404, 422])
+async def test_start_with_unknown_container_type_raises_operation_failed(
+    emulator: ScalingoEmulator, provider: ScalingoProvider, status: int
+) -> None:
+    emulator.unknown_type_status = status
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+
+    with pytest.raises(OperationFailed):
+        await provider.start("shop", {"web": 1, "clock": 1})
+
+
+async def test_start_raises_operation_failed_when_the_operation_errors(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+    emulator.apps["shop"].next_operation_error = "container failed to boot"
+
+    with pytest.raises(OperationFailed, match="container failed to boot"):
+        await provider.start("shop", None)
+
+
+async def test_start_of_never_deployed_app_raises_operation_failed(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("fresh", {"web": 0}, status="new")
+
+    with pytest.raises(OperationFailed, match="never been deployed"):
+        await provider.start("fresh", None)
+
+
+async def test_start_longer_than_operation_timeout_raises_wake_timeout(
+    emulator: ScalingoEmulator, make_provider: MakeProvider
+) -> None:
+    emulator.boot_delay = 2.0
+    emulator.add_app("slow", {"web": 1}, status="stopped")
+    provider = make_provider(operation_timeout=0.3)
+    began = time.monotonic()
+
+    with pytest.raises(WakeTimeout):
+        await provider.start("slow", None)
+
+    assert time.monotonic() - began < 1.0
+
+
+async def test_start_polls_no_faster_than_poll_interval(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+
+    await provider.start("shop", None)
+
+    polls = [c.at for c in emulator.log if c.route == "operation"]
+    assert len(polls) >= 2
+    assert all(b - a >= POLL * 0.9 for a, b in itertools.pairwise(polls))
+
+
+async def test_one_wake_makes_a_bounded_number_of_api_calls(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 2, "worker": 1}, status="stopped")
+
+    await provider.start("shop", {"web": 2, "worker": 1})
+
+    # One scale, one operation poll per interval of the boot (plus one late), one /ps.
+    assert api_calls(emulator) <= 1 + math.ceil(BOOT / POLL) + 1 + 2
+
+
+async def test_concurrent_wakes_keep_within_the_rate_limiter(
+    emulator: ScalingoEmulator, make_provider: MakeProvider
+) -> None:
+    emulator.boot_delay = 0.0
+    for i in range(4):
+        emulator.add_app(f"app-{i}", {"web": 1}, status="stopped")
+    provider = make_provider(limiter=TokenBucket(3, 20))
+    began = time.monotonic()
+
+    await asyncio.gather(*(provider.start(f"app-{i}", {"web": 1}) for i in range(4)))
+
+    # 4 wakes x (scale, operation, ps) + 1 exchange = 13 calls: 3 at once, 10 paced at 20/s.
+    assert emulator.calls["exchange_token"] == 1
+    assert time.monotonic() - began >= (13 - 3) / 20 * 0.9
+
+
+# -- stop -------------------------------------------------------------------------------
+
+
+async def test_stop_returns_the_running_formation(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 2, "worker": 1, "clock": 0})
+
+    formation = await provider.stop("shop")
+
+    assert formation == {"web": 2, "worker": 1}
+
+
+async def test_stop_leaves_the_app_stopped(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 2, "worker": 1})
+
+    await provider.stop("shop")
+
+    assert emulator.status_of("shop") == "stopped"
+    assert emulator.apps["shop"].formation == {"web": 0, "worker": 0}
+
+
+async def test_stop_of_stopped_app_returns_none_without_scaling(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+
+    assert await provider.stop("shop") is None
+    assert emulator.count("scale") == 0
+
+
+async def test_stop_longer_than_operation_timeout_raises_operation_failed(
+    emulator: ScalingoEmulator, make_provider: MakeProvider
+) -> None:
+    emulator.boot_delay = 2.0
+    emulator.add_app("shop", {"web": 1})
+    provider = make_provider(operation_timeout=0.3)
+
+    with pytest.raises(OperationFailed, match="did not finish stopping"):
+        await provider.stop("shop")
+
+
+async def test_stop_then_start_restores_the_same_formation(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 2, "worker": 1})
+
+    await provider.start("shop", await provider.stop("shop"))
+
+    assert emulator.apps["shop"].formation == {"web": 2, "worker": 1}
+    assert emulator.web_states("shop") == ["running", "running"]
+
+
+# -- authentication ---------------------------------------------------------------------
+
+
+async def test_jwt_is_reused_while_fresh(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    await provider.list_apps()
+    await provider.list_apps()
+
+    assert emulator.calls["exchange_token"] == 1
+
+
+async def test_jwt_near_expiry_is_renewed(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.token_lifetime = 299  # under the 5-minute renewal margin from the start
+
+    await provider.list_apps()
+    await provider.list_apps()
+
+    assert emulator.calls["exchange_token"] == 2
+
+
+async def test_concurrent_calls_share_one_token_exchange(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    await asyncio.gather(*(provider.list_apps() for _ in range(5)))
+
+    assert emulator.calls["exchange_token"] == 1
+
+
+async def test_401_from_the_api_triggers_exactly_one_reexchange(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop")
+    await provider.list_apps()
+    emulator.revoke_jwts()
+
+    [app] = await provider.list_apps()
+
+    assert app.name == "shop"
+    assert emulator.calls["exchange_token"] == 2
+
+
+async def test_401_after_reexchange_raises_provider_auth_error(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.fail_next("list_apps", 401, times=2)
+
+    with pytest.raises(ProviderAuthError):
+        await provider.list_apps()
+
+    assert emulator.calls["exchange_token"] == 2
+
+
+async def test_rejected_api_token_raises_provider_auth_error(
+    make_provider: MakeProvider,
+) -> None:
+    provider = make_provider(api_token="tk-us-wrong")
+
+    with pytest.raises(ProviderAuthError, match="the Scalingo API token was rejected") as caught:
+        await provider.list_apps()
+
+    assert "tk-us-wrong" not in str(caught.value)
+
+
+async def test_tokens_never_appear_in_logs(
+    emulator: ScalingoEmulator, provider: ScalingoProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+    emulator.fail_next("scale", 500)
+    await provider.list_apps()
+    emulator.revoke_jwts()
+
+    await provider.start("shop", None)
+
+    assert caplog.records, "the retry and re-exchange should have logged something"
+    secrets = [TOKEN, *emulator.issued_jwts]
+    assert not any(secret in caplog.text for secret in secrets)
+
+
+# -- resilience -------------------------------------------------------------------------
+
+
+async def test_a_single_500_is_retried(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop")
+    emulator.fail_next("list_apps", 500)
+
+    [app] = await provider.list_apps()
+
+    assert app.name == "shop"
+    assert emulator.statuses("list_apps") == [500, 200]
+
+
+async def test_persistent_500_raises_provider_unavailable(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.fail_next("list_apps", 500, times=100)
+
+    with pytest.raises(ProviderUnavailable):
+        await provider.list_apps()
+
+
+async def test_plain_text_429_is_retried(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+    emulator.fail_next("scale", 429, "Retry later", times=2)
+
+    await provider.start("shop", None)
+
+    assert emulator.statuses("scale") == [429, 429, 202]
+
+
+async def test_emulator_rate_limit_answers_429_retry_later(
+    emulator: ScalingoEmulator, server: TestServer, session: aiohttp.ClientSession
+) -> None:
+    emulator.rate_limit_per_minute = 2
+    statuses = []
+    for _ in range(3):
+        async with session.get(server.make_url("/v1/regions")) as response:
+            statuses.append((response.status, await response.text()))
+
+    assert [status for status, _ in statuses] == [401, 401, 429]
+    assert statuses[-1][1] == "Retry later"
