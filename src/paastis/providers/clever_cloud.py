@@ -1,0 +1,485 @@
+"""The Clever Cloud adapter: every app of the account, woken by redeploy, stopped by undeploy."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from paastis.providers import (
+    AppNotFound,
+    AppState,
+    Formation,
+    OperationFailed,
+    PaasApp,
+    ProviderAuthError,
+    ProviderError,
+    WakeTimeout,
+)
+from paastis.providers.api import ApiClient, ApiResponse, ProviderCallCounter, RetryPolicy
+
+log = logging.getLogger("paastis.provider.clever_cloud")
+
+PROVIDER = "clever-cloud"
+
+# The summary carries only the desired state; get_app refines it with instances and deployments.
+SUMMARY_STATES = {
+    "SHOULD_BE_DOWN": AppState.STOPPED,
+    "WANTS_TO_BE_UP": AppState.STARTING,
+    "SHOULD_BE_UP": AppState.RUNNING,
+}
+
+# The statuses of clever-client's `getStatus`. Restarts keep serving (RUNNING) unless homogeneous.
+STATUS_STATES = {
+    "stopped": AppState.STOPPED,
+    "starting": AppState.STARTING,
+    "start-failed": AppState.FAILED,
+    "restarting-with-downtime": AppState.STARTING,
+    "restarting": AppState.RUNNING,
+    "restart-failed": AppState.RUNNING,
+    "running": AppState.RUNNING,
+    "unknown": AppState.UNKNOWN,
+}
+
+FAILED_DEPLOYMENT_STATES = frozenset({"FAIL", "CANCELLED"})
+
+
+@dataclass(frozen=True)
+class CleverOAuthCredentials:
+    """The four OAuth 1 values `clever login` produces; the secrets stay out of any repr."""
+
+    consumer_key: str
+    consumer_secret: str = field(repr=False)
+    token: str = field(repr=False)
+    token_secret: str = field(repr=False)
+
+
+def _pct(value: str) -> str:
+    return quote(value, safe="-._~")
+
+
+def oauth_plaintext_header(credentials: CleverOAuthCredentials) -> str:
+    """The Authorization header of @clevercloud/client >= 11 (PLAINTEXT, no nonce nor timestamp)."""
+    signature = f"{_pct(credentials.consumer_secret)}&{_pct(credentials.token_secret)}"
+    return (
+        f'OAuth oauth_consumer_key="{_pct(credentials.consumer_key)}", '
+        f'oauth_token="{_pct(credentials.token)}", '
+        f'oauth_signature="{_pct(signature)}"'
+    )
+
+
+def dns_alias(app_id: str) -> str:
+    """`app_<uuid>` -> `app-<uuid>`, the form an app id takes in a host name."""
+    return app_id.replace("_", "-", 1)
+
+
+def app_status(
+    state: str | None, homogeneous: bool, instances: list[Any], last_deployment: str | None
+) -> str:
+    """A port of @clevercloud/client `utils/app-status.js` `getStatus`."""
+    up = sum(1 for i in instances if isinstance(i, dict) and i.get("state") == "UP")
+    if state == "SHOULD_BE_DOWN":
+        return "stopped"
+    if state == "WANTS_TO_BE_UP":
+        return {"WIP": "starting", "FAIL": "start-failed"}.get(last_deployment or "", "unknown")
+    if state == "SHOULD_BE_UP":
+        if last_deployment == "WIP":
+            if homogeneous:
+                return "restarting-with-downtime"
+            return "restarting" if up > 0 else "unknown"
+        if up > 0:
+            return "restart-failed" if last_deployment == "FAIL" else "running"
+    return "unknown"
+
+
+def upstream_from_fqdn(fqdn: str) -> str:
+    """The upstream URL of a vhost (`example.com/api/` -> `https://example.com/api`)."""
+    value = fqdn.strip().rstrip("/")
+    if value.startswith(("http://", "https://")):
+        return value
+    host = value.split("/", 1)[0]
+    return f"{'http' if _serves_plain_http(host) else 'https'}://{value}"
+
+
+def _serves_plain_http(host: str) -> bool:
+    name = host.rsplit(":", 1)[0].strip("[]").lower()
+    # Clever's certificate covers only *.cleverapps.io: deeper sub-domains are HTTP only.
+    if name.endswith(".cleverapps.io"):
+        return name.count(".") > 2
+    # Clever never reports a loopback vhost; tests point apps at local upstreams this way.
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_test_domain(fqdn: str) -> bool:
+    host = fqdn.strip().rstrip("/").split("/", 1)[0].lower()
+    return host.endswith(".cleverapps.io") and host.count(".") == 2
+
+
+def _parse_date(value: Any) -> datetime | None:
+    """Clever dates come as epoch milliseconds (creationDate) or ISO 8601 strings."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value / 1000, UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+@dataclass
+class _Known:
+    """One app of the latest listing, with the API path its owner dictates."""
+
+    id: str
+    name: str
+    path: str  # /v2/self/applications/app_… or /v2/organisations/orga_…/applications/app_…
+    state: str | None
+    zone: str | None
+    display: str = ""  # the name, or `app-<uuid>` when another app shares it
+
+
+class CleverCloudProvider:
+    """One Clever Cloud account: its personal space and every organisation it belongs to."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        api_host: str,
+        session: aiohttp.ClientSession,
+        counter: ProviderCallCounter,
+        oauth: CleverOAuthCredentials | None = None,
+        api_token: str | None = None,
+        region: str | None = None,
+        operation_timeout: float = 60.0,
+        poll_interval: float = 5.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if (oauth is None) == (not api_token):
+            raise ValueError(
+                "Clever Cloud needs either OAuth credentials or an API token, not both"
+            )
+        if oauth is not None:
+            authorization = oauth_plaintext_header(oauth)
+            self._auth_hint = "OAuth consumer key/secret and token/secret"
+        else:
+            authorization = f"Bearer {api_token}"
+            self._auth_hint = "API token"
+        self._authorization = {"Authorization": authorization}
+        self.region = region
+        self.operation_timeout = operation_timeout
+        self._poll_interval = poll_interval
+        self._api = ApiClient(
+            provider=PROVIDER,
+            base_url=api_host,
+            session=session,
+            counter=counter,
+            headers=self._headers,
+            retry=retry,
+        )
+        self._known: dict[str, _Known] = {}  # request key (name, alias, id) -> app
+        self._ambiguous: frozenset[str] = frozenset()
+        self._collisions: frozenset[tuple[str, tuple[str, ...]]] = frozenset()
+        self._fetched: dict[str, PaasApp] = {}  # app id -> last get_app answer
+
+    def __repr__(self) -> str:
+        return f"CleverCloudProvider(api_host={self._api.base_url!r}, region={self.region!r})"
+
+    async def _headers(self) -> dict[str, str]:
+        return self._authorization
+
+    async def close(self) -> None:
+        """Nothing to release: the session belongs to the caller."""
+
+    # Listing and resolution
+
+    async def list_apps(self) -> list[PaasApp]:
+        return [self._listed_app(known) for known in await self._load_listing()]
+
+    def _listed_app(self, known: _Known) -> PaasApp:
+        fetched = self._fetched.get(known.id)
+        state = SUMMARY_STATES.get(known.state or "", AppState.UNKNOWN)
+        if fetched is None:
+            return PaasApp(
+                name=known.display,
+                provider=PROVIDER,
+                state=state,
+                upstream_url=None,
+                id=known.id,
+                region=known.zone,
+                aliases=(dns_alias(known.id),),
+                status=known.state,
+            )
+        return replace(
+            fetched,
+            name=known.display,
+            state=state,
+            region=known.zone or fetched.region,
+            status=known.state,
+        )
+
+    async def _load_listing(self) -> list[_Known]:
+        response = await self._call("GET", "/v2/summary", "list_apps")
+        summary = _expect_dict(response, "list_apps")
+        user = summary.get("user") or {}
+        user_id = user.get("id")
+        owners: list[tuple[str, Any]] = [("/v2/self", user.get("applications"))]
+        for orga in summary.get("organisations") or []:
+            # The personal space shows up again among the organisations.
+            if isinstance(orga, dict) and orga.get("id") and orga.get("id") != user_id:
+                owners.append((f"/v2/organisations/{orga['id']}", orga.get("applications")))
+        listing: dict[str, _Known] = {}
+        for prefix, apps in owners:
+            for app in apps or []:
+                if isinstance(app, dict) and app.get("id") and app["id"] not in listing:
+                    listing[app["id"]] = _Known(
+                        id=app["id"],
+                        name=str(app.get("name") or ""),
+                        path=f"{prefix}/applications/{app['id']}",
+                        state=app.get("state"),
+                        zone=app.get("zone"),
+                    )
+        self._index(list(listing.values()))
+        return list(listing.values())
+
+    def _index(self, listing: list[_Known]) -> None:
+        by_name: dict[str, list[_Known]] = defaultdict(list)
+        for known in listing:
+            if known.name:
+                by_name[known.name].append(known)
+        keys: dict[str, _Known] = {}
+        for known in listing:
+            unique = len(by_name.get(known.name, ())) == 1
+            known.display = known.name if unique else dns_alias(known.id)
+            if unique:
+                keys[known.name] = known
+        for known in listing:  # ids win over a name that happens to look like one
+            keys[dns_alias(known.id)] = known
+            keys[known.id] = known
+        self._known = keys
+        shared = {name: apps for name, apps in by_name.items() if len(apps) > 1}
+        self._ambiguous = frozenset(shared)
+        self._warn_collisions(shared)
+
+    def _warn_collisions(self, shared: dict[str, list[_Known]]) -> None:
+        collisions = frozenset(
+            (name, tuple(sorted(dns_alias(k.id) for k in apps))) for name, apps in shared.items()
+        )
+        if collisions and collisions != self._collisions:
+            log.warning(
+                "Clever Cloud apps share a name, so they are addressed by id only: %s",
+                "; ".join(f"{name!r} = {', '.join(ids)}" for name, ids in sorted(collisions)),
+            )
+        self._collisions = collisions
+
+    async def _resolve(self, key: str) -> _Known:
+        """The app a request key names (name, `app-<uuid>` or `app_<uuid>`); lists again once."""
+        for attempt in range(2):
+            if key in self._ambiguous:
+                raise AppNotFound(
+                    f"several Clever Cloud apps are named {key!r}: address one as app-<uuid>",
+                    provider=PROVIDER,
+                    app=key,
+                )
+            known = self._known.get(key)
+            if known is not None:
+                return known
+            if attempt == 0:
+                await self._load_listing()
+        raise AppNotFound(f"Clever Cloud has no app {key!r}", provider=PROVIDER, app=key)
+
+    # One app
+
+    async def get_app(self, name: str) -> PaasApp:
+        known = await self._resolve(name)
+        raw = _expect_dict(await self._call("GET", known.path, "get_app", known), "get_app")
+        state = raw.get("state")
+        instances, last_deployment = await self._runtime(known, state)
+        status = app_status(
+            state, bool(raw.get("homogeneous")), instances, _state_of(last_deployment)
+        )
+        cached = self._fetched.get(known.id)
+        upstream = cached.upstream_url if cached else None
+        if upstream is None:
+            upstream = await self._resolve_upstream(known, raw)
+        deployment = raw.get("deployment") if isinstance(raw.get("deployment"), dict) else {}
+        app = PaasApp(
+            name=known.display,
+            provider=PROVIDER,
+            state=STATUS_STATES[status],
+            upstream_url=upstream,
+            id=known.id,
+            region=raw.get("zone") or known.zone,
+            aliases=(dns_alias(known.id),),
+            created_at=_parse_date(raw.get("creationDate")),
+            last_deployed_at=_parse_date((last_deployment or {}).get("date"))
+            or (cached.last_deployed_at if cached else None),
+            force_https=_flag(raw.get("forceHttps")),
+            sticky_session=_flag(raw.get("stickySessions")),
+            git_url=deployment.get("url") or raw.get("deployUrl"),
+            status=status,
+        )
+        self._fetched[known.id] = app
+        known.state = state
+        return app
+
+    async def _runtime(self, known: _Known, state: Any) -> tuple[list[Any], dict[str, Any] | None]:
+        """The instances and the last deployment, fetched only when the status logic needs them."""
+        if state == "SHOULD_BE_UP":
+            instances, deployments = await asyncio.gather(
+                self._instances(known), self._deployments(known, limit=1)
+            )
+        elif state == "WANTS_TO_BE_UP":
+            instances, deployments = [], await self._deployments(known, limit=1)
+        else:
+            return [], None
+        return instances, (deployments[0] if deployments else None)
+
+    async def _instances(self, known: _Known) -> list[Any]:
+        response = await self._call("GET", f"{known.path}/instances", "get_instances", known)
+        return _expect_list(response, "get_instances")
+
+    async def _deployments(self, known: _Known, *, limit: int) -> list[dict[str, Any]]:
+        path = f"{known.path}/deployments?limit={limit}"
+        response = await self._call("GET", path, "get_deployments", known)
+        return [d for d in _expect_list(response, "get_deployments") if isinstance(d, dict)]
+
+    async def _resolve_upstream(self, known: _Known, raw: dict[str, Any]) -> str:
+        """Favourite vhost, else the *.cleverapps.io vhost, else the default test domain."""
+        response = await self._call(
+            "GET", f"{known.path}/vhosts/favourite", "get_favourite_vhost", known, ok=(200, 404)
+        )
+        if response.status == 200 and isinstance(response.body, dict):
+            favourite = response.body.get("fqdn")
+            if isinstance(favourite, str) and favourite.strip("/ "):
+                return upstream_from_fqdn(favourite)
+        vhosts = raw.get("vhosts")
+        if not isinstance(vhosts, list):  # the app object usually lists them; spare a call then
+            vhosts = _expect_list(
+                await self._call("GET", f"{known.path}/vhosts", "get_vhosts", known), "get_vhosts"
+            )
+        for vhost in vhosts:
+            fqdn = vhost.get("fqdn") if isinstance(vhost, dict) else None
+            if isinstance(fqdn, str) and _is_test_domain(fqdn):
+                return upstream_from_fqdn(fqdn)
+        return f"https://{dns_alias(known.id)}.cleverapps.io"
+
+    # Start and stop
+
+    async def start(self, name: str, formation: Formation | None) -> None:
+        """Redeploys the app (Clever has no formation to restore) and waits for an UP instance."""
+        known = await self._resolve(name)
+        try:
+            async with asyncio.timeout(self.operation_timeout):
+                deployment_id = await self._redeploy(known)
+                if deployment_id:
+                    await self._follow_deployment(known, deployment_id)
+                await self._wait_for_up_instance(known)
+        except TimeoutError:
+            raise WakeTimeout(
+                f"Clever Cloud app {known.display} did not run within {self.operation_timeout:g}s",
+                provider=PROVIDER,
+                app=known.display,
+            ) from None
+        known.state = "SHOULD_BE_UP"
+
+    async def _redeploy(self, known: _Known) -> str | None:
+        response = await self._call("POST", f"{known.path}/instances", "start", known)
+        body = response.body if isinstance(response.body, dict) else {}
+        deployment_id = body.get("deploymentId")
+        if not deployment_id:
+            log.warning(
+                "Clever Cloud gave no deployment id for %s; watching instances", known.display
+            )
+        return str(deployment_id) if deployment_id else None
+
+    async def _follow_deployment(self, known: _Known, deployment_id: str) -> None:
+        """Polls the deployment until it leaves WIP; a failed one fails the start at once."""
+        path = f"{known.path}/deployments/{deployment_id}"
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            # 404: the deployment may not be visible yet just after the POST.
+            response = await self._call("GET", path, "get_deployment", known, ok=(200, 404))
+            state = _state_of(response.body) if response.status == 200 else "WIP"
+            if state in FAILED_DEPLOYMENT_STATES:
+                raise OperationFailed(
+                    f"the Clever Cloud deployment of {known.display} ended {state}",
+                    provider=PROVIDER,
+                    app=known.display,
+                )
+            if state != "WIP":
+                return
+
+    async def _wait_for_up_instance(self, known: _Known) -> None:
+        while True:
+            instances = await self._instances(known)
+            if any(isinstance(i, dict) and i.get("state") == "UP" for i in instances):
+                return
+            await asyncio.sleep(self._poll_interval)
+
+    async def stop(self, name: str) -> Formation | None:
+        """Undeploys the app; there is no formation to remember."""
+        known = await self._resolve(name)
+        await self._call("DELETE", f"{known.path}/instances", "stop", known)
+        known.state = "SHOULD_BE_DOWN"
+        return None
+
+    # Plumbing
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        known: _Known | None = None,
+        *,
+        ok: tuple[int, ...] = (200, 201, 202, 204),
+    ) -> ApiResponse:
+        app = known.display if known else None
+        try:
+            return await self._api.request(method, path, operation=operation, ok=ok, app=app)
+        except ProviderAuthError as exc:
+            raise ProviderAuthError(
+                f"the Clever Cloud credentials were rejected ({self._auth_hint}) on {operation}",
+                provider=PROVIDER,
+                app=app,
+            ) from exc
+
+
+def _state_of(deployment: Any) -> str | None:
+    return deployment.get("state") if isinstance(deployment, dict) else None
+
+
+def _flag(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value.upper() == "ENABLED"
+    return None
+
+
+def _expect_dict(response: ApiResponse, operation: str) -> dict[str, Any]:
+    if not isinstance(response.body, dict):
+        raise ProviderError(f"Clever Cloud {operation} answered no JSON object", provider=PROVIDER)
+    return response.body
+
+
+def _expect_list(response: ApiResponse, operation: str) -> list[Any]:
+    if not isinstance(response.body, list):
+        raise ProviderError(f"Clever Cloud {operation} answered no JSON array", provider=PROVIDER)
+    return response.body
