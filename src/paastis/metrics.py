@@ -17,7 +17,7 @@ WAKE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self.requests = Counter(
             "paastis_requests", "Proxied requests", ["app", "status_class"], registry=r

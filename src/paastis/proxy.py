@@ -88,12 +88,12 @@ class Proxy:
         outcome = RequestOutcome(app=app_name)
         try:
             response = await self._serve(request, app_name, outcome)
+            outcome.status = response.status
         except asyncio.CancelledError:
             outcome.status = 499  # the client went away
             raise
         finally:
             self._record(request, outcome, time.monotonic() - started)
-        outcome.status = response.status
         return response
 
     async def _serve(

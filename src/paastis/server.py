@@ -147,7 +147,10 @@ class Server:
         for runner in reversed(self._runners):
             await runner.cleanup()
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=self.shutdown_grace)
+            scheduler_task, stamping_task = self._tasks
+            stamping_task.cancel()
+            # The scheduler ends after the tick under way, if any (bounded).
+            _, pending = await asyncio.wait([scheduler_task], timeout=self.shutdown_grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
