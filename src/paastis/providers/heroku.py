@@ -133,7 +133,8 @@ def parse_time(value: Any) -> datetime | None:
 
 
 class HerokuProvider:
-    """One Heroku account (optionally only its apps of one region)."""
+    """One Heroku account; with `region`, only its apps in that region (`list_apps` leaves
+    the others out and `get_app` raises AppNotFound for them)."""
 
     def __init__(
         self,
@@ -226,7 +227,7 @@ class HerokuProvider:
 
     async def _list_all(self) -> list[dict[str, Any]]:
         """Every page of `GET /apps`; a failed page raises, never a partial list."""
-        apps: list[dict[str, Any]] = []
+        apps: dict[str, dict[str, Any]] = {}  # by name: overlapping pages count once
         range_header = FIRST_RANGE
         seen = {range_header}
         for _ in range(MAX_PAGES):
@@ -235,11 +236,11 @@ class HerokuProvider:
             )
             if not isinstance(response.body, list):
                 raise ProviderError("Heroku answered an unexpected app list", provider=self.name)
-            apps.extend(raw for raw in response.body if valid_app(raw))
+            apps.update((raw["name"], raw) for raw in response.body if valid_app(raw))
             next_range = response.headers.get("Next-Range")
             # Followed on any 2xx, as Heroku's own client does; an empty page ends it.
             if not next_range or not response.body:
-                return apps
+                return list(apps.values())
             if next_range in seen:
                 raise ProviderError(f"Heroku repeated Next-Range {next_range}", provider=self.name)
             seen.add(next_range)
@@ -321,7 +322,7 @@ class HerokuProvider:
                 f"Heroku answered an unexpected formation for {name}", provider=self.name, app=name
             )
         return {
-            entry["type"]: int(entry.get("quantity") or 0)
+            entry["type"]: quantity_of(entry)
             for entry in response.body
             if isinstance(entry, dict) and isinstance(entry.get("type"), str)
         }
@@ -444,6 +445,14 @@ def wake_formation(formation: Formation | None) -> Formation:
     quantities = {t: q for t, q in (formation or {}).items() if q > 0}
     quantities["web"] = max(1, quantities.get("web", 0))
     return quantities
+
+
+def quantity_of(entry: Mapping[str, Any]) -> int:
+    """A formation entry's quantity; the schema says integer, Heroku's CLI sends strings."""
+    try:
+        return max(0, int(entry.get("quantity") or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def valid_app(raw: Any) -> bool:
