@@ -1,1 +1,59 @@
 """Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from harness import RunningPaastis, start_paastis
+
+from emulators.upstream import UpstreamApp
+
+StartPaastis = Callable[..., Awaitable[RunningPaastis]]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that keeps no cookies and never follows redirects on its own."""
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+        yield session
+
+
+@pytest.fixture
+async def paastis(http: aiohttp.ClientSession, tmp_path: Path) -> AsyncIterator[StartPaastis]:
+    """Starts paastis servers; each is shut down at the end of the test."""
+    started: list[RunningPaastis] = []
+
+    async def start(env: dict[str, str], **kwargs: Any) -> RunningPaastis:
+        instance = await start_paastis(env, tmp_path=tmp_path, session=http, **kwargs)
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in reversed(started):
+        await instance.stop()
+
+
+@pytest.fixture
+async def upstream_factory(
+    aiohttp_server,
+) -> Callable[[str], Awaitable[tuple[UpstreamApp, TestServer]]]:
+    """Starts test upstream apps on loopback; returns (app, server)."""
+
+    async def start(name: str = "upstream") -> tuple[UpstreamApp, TestServer]:
+        upstream = UpstreamApp(name=name)
+        server = await aiohttp_server(upstream.app(), host="127.0.0.1")
+        return upstream, server
+
+    return start
+
+
+def url_of(server: TestServer | web.Application) -> str:
+    return str(server.make_url("")).rstrip("/")

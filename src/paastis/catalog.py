@@ -48,10 +48,11 @@ class AppCatalog:
         app = self.lookup(key)
         if app is not None:
             return app
-        if (
-            self._listed_at is None
-            or self._clock() - self._listed_at >= self._miss_refresh_interval
-        ):
+        in_flight = self._refreshing is not None and not self._refreshing.done()
+        stale = self._listed_at is None or (
+            self._clock() - self._listed_at >= self._miss_refresh_interval
+        )
+        if in_flight or stale:
             await self.refresh()
         return self.lookup(key)
 

@@ -6,7 +6,9 @@ import asyncio
 import logging
 import signal
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -33,8 +35,15 @@ ACTIVITY_STAMP_INTERVAL = 5.0
 
 
 class Server:
-    def __init__(self, settings: Settings, *, shutdown_grace: float = 30.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        shutdown_grace: float = 30.0,
+        provider_tuning: Mapping[str, Any] | None = None,
+    ) -> None:
         self.settings = settings
+        self.provider_tuning = provider_tuning
         self.shutdown_grace = shutdown_grace
         self.shutting_down = False
         self._stop_requested = asyncio.Event()
@@ -72,7 +81,11 @@ class Server:
         self.api_http = aiohttp.ClientSession(trust_env=False)
         self.upstream_http = upstream_session(s)
         self.provider = build_provider(
-            s.provider, local_apps=s.local_apps, session=self.api_http, counter=self.counter
+            s.provider,
+            local_apps=s.local_apps,
+            session=self.api_http,
+            counter=self.counter,
+            tuning=self.provider_tuning,
         )
         self.registry, self.event_log = build_registry(s)
         await self.registry.start()
@@ -133,7 +146,7 @@ class Server:
             shutdown_timeout=self.shutdown_grace,
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=self.shutdown_grace)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         self._runners.append(runner)
         return runner.addresses[0][1]

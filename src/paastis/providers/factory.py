@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 
@@ -18,7 +19,10 @@ def build_provider(
     local_apps: Mapping[str, LocalAppSpec],
     session: aiohttp.ClientSession,
     counter: ProviderCallCounter,
+    tuning: Mapping[str, Any] | None = None,
 ) -> Provider:
+    """`tuning` passes adapter-specific keywords (poll intervals, retry policy) through."""
+    extra = dict(tuning or {})
     if settings.name == "scalingo":
         from paastis.providers.scalingo import ScalingoProvider
 
@@ -31,6 +35,7 @@ def build_provider(
             operation_timeout=settings.operation_timeout,
             session=session,
             counter=counter,
+            **extra,
         )
     if settings.name == "heroku":
         from paastis.providers.heroku import HerokuProvider
@@ -43,6 +48,7 @@ def build_provider(
             operation_timeout=settings.operation_timeout,
             session=session,
             counter=counter,
+            **extra,
         )
     if settings.name == "clever-cloud":
         from paastis.providers.clever_cloud import CleverCloudProvider, CleverOAuthCredentials
@@ -63,5 +69,6 @@ def build_provider(
             api_token=settings.clever_api_token,
             region=settings.region,
             operation_timeout=settings.operation_timeout,
+            **extra,
         )
-    return LocalProvider(local_apps, operation_timeout=settings.operation_timeout)
+    return LocalProvider(local_apps, operation_timeout=settings.operation_timeout, **extra)

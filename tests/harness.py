@@ -1,0 +1,88 @@
+"""Starts real paastis servers on loopback ports for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from paastis.config import CommandLine, load_settings
+from paastis.providers.api import RetryPolicy
+from paastis.scheduler import TickReport
+from paastis.server import Server
+
+# Fast but faithful adapters: the same code, shorter waits.
+FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
+FAST_TUNING: dict[str, dict[str, Any]] = {
+    "scalingo": {"poll_interval": 0.05, "retry": FAST_RETRY},
+    "heroku": {"poll_interval": 0.05, "retry": FAST_RETRY},
+    "clever-cloud": {"poll_interval": 0.05, "retry": FAST_RETRY},
+    "local": {"poll_interval": 0.05, "stop_grace": 2.0},
+}
+
+
+@dataclasses.dataclass
+class RunningPaastis:
+    server: Server
+    session: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.main_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.admin_port}"
+
+    def request(
+        self, method: str, host: str, path: str = "/", **kwargs: Any
+    ) -> aiohttp.client._RequestContextManager:
+        """A request to paastis as if sent to `host` (its Host header)."""
+        headers = {"Host": host, **kwargs.pop("headers", {})}
+        return self.session.request(method, self.url + path, headers=headers, **kwargs)
+
+    def get(self, host: str, path: str = "/", **kwargs: Any):
+        return self.request("GET", host, path, **kwargs)
+
+    async def tick(self) -> TickReport:
+        """Runs one scheduler tick (after the one under way, if any)."""
+        for _ in range(500):
+            report = await self.server.scheduler.tick()
+            if report.skipped != "the previous tick is still running":
+                return report
+            await asyncio.sleep(0.01)
+        raise TimeoutError("the scheduler stayed busy")
+
+    async def stop(self) -> None:
+        await self.server.shutdown()
+
+
+async def start_paastis(
+    env: Mapping[str, str],
+    *,
+    tmp_path: Path,
+    rules: str | None = None,
+    session: aiohttp.ClientSession,
+    admin: bool = False,
+    tuning: Mapping[str, Any] | None = None,
+    shutdown_grace: float = 5.0,
+) -> RunningPaastis:
+    """Starts paastis in this process on a free port. The scheduler's first tick runs at once;
+    its cron defaults to once a year so tests drive ticks themselves with `tick()`."""
+    environ = {"START_AND_STOP_CHECKING_INTERVAL_CRON": "0 0 1 1 *", **env}
+    config = None
+    if rules is not None:
+        config = tmp_path / f"paastis-{len(list(tmp_path.glob('paastis-*.yml')))}.yml"
+        config.write_text(rules)
+    settings = load_settings(CommandLine(config=config), environ, cwd=tmp_path)
+    settings = dataclasses.replace(
+        settings, host="127.0.0.1", port=0, admin_port=0 if admin else None
+    )
+    provider_tuning = FAST_TUNING.get(settings.provider.name, {}) if tuning is None else tuning
+    server = Server(settings, shutdown_grace=shutdown_grace, provider_tuning=provider_tuning)
+    await server.start()
+    return RunningPaastis(server, session)
