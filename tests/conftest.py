@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from harness import RunningPaastis, start_paastis
 
 from emulators.upstream import UpstreamApp
+from harness import RunningPaastis, start_paastis
 
 StartPaastis = Callable[..., Awaitable[RunningPaastis]]
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import url_of
 
+from conftest import url_of
 from emulators.scalingo import ScalingoEmulator
 
 TOKEN = "tk-us-emulated-token"
@@ -37,7 +37,7 @@ async def test_sleeping_app_is_woken_once_by_twenty_concurrent_requests(
     scalingo, upstream_factory, paastis
 ):
     emulator, api_url = scalingo
-    upstream, upstream_server = await upstream_factory("review-1")
+    _upstream, upstream_server = await upstream_factory("review-1")
     emulator.add_app("review-1", status="stopped", base_url=url_of(upstream_server))
     proxy = await paastis(scalingo_env(api_url))
 
@@ -60,7 +60,7 @@ async def test_running_app_is_proxied_with_request_intact_and_no_provider_call(
     scalingo, upstream_factory, paastis
 ):
     emulator, api_url = scalingo
-    upstream, upstream_server = await upstream_factory("shop")
+    _upstream, upstream_server = await upstream_factory("shop")
     emulator.add_app("shop", base_url=url_of(upstream_server))
     proxy = await paastis(scalingo_env(api_url))
     await proxy.tick()
@@ -120,7 +120,8 @@ async def test_idle_app_is_stopped_once_after_its_max_idle_time_with_hooks_in_or
     emulator.add_app("idle-app")
     emulator.add_app("busy-app")
     hook_log = tmp_path / "hooks.log"
-    line = f'echo "$PAASTIS_HOOK $PAASTIS_APP_NAME $PAASTIS_APP_PROVIDER $PAASTIS_APP_REGION" >> {hook_log}'
+    variables = "$PAASTIS_HOOK $PAASTIS_APP_NAME $PAASTIS_APP_PROVIDER $PAASTIS_APP_REGION"
+    line = f'echo "{variables}" >> {hook_log}'
     proxy = await paastis(
         scalingo_env(
             api_url,
@@ -150,7 +151,7 @@ async def test_ignored_apps_are_never_registered_woken_or_stopped(
     scalingo, upstream_factory, paastis
 ):
     emulator, api_url = scalingo
-    upstream, upstream_server = await upstream_factory("kept")
+    _upstream, upstream_server = await upstream_factory("kept")
     emulator.add_app("kept", base_url=url_of(upstream_server))
     emulator.add_app("asleep", status="stopped")
     proxy = await paastis(
@@ -194,7 +195,7 @@ async def test_linked_apps_are_woken_together(scalingo, upstream_factory, paasti
 
 async def test_app_name_rule_routes_a_host_to_another_app(scalingo, upstream_factory, paastis):
     emulator, api_url = scalingo
-    upstream, upstream_server = await upstream_factory("app-review-pr12-back")
+    _upstream, upstream_server = await upstream_factory("app-review-pr12-back")
     emulator.add_app("app-review-pr12-back", base_url=url_of(upstream_server))
     rules = "rules:\n  - pattern: '^pr(\\d+)-api$'\n    app_name: 'app-review-pr$1-back'\n"
     proxy = await paastis(scalingo_env(api_url), rules=rules)
@@ -207,7 +208,7 @@ async def test_app_name_rule_routes_a_host_to_another_app(scalingo, upstream_fac
 
 async def test_formation_is_restored_after_stop_and_wake(scalingo, upstream_factory, paastis):
     emulator, api_url = scalingo
-    upstream, upstream_server = await upstream_factory("big")
+    _upstream, upstream_server = await upstream_factory("big")
     emulator.add_app("big", formation={"web": 2, "worker": 1}, base_url=url_of(upstream_server))
     proxy = await paastis(scalingo_env(api_url, START_AND_STOP_MAX_IDLE_TIME="0"))
     await proxy.tick()  # registers
@@ -275,7 +276,7 @@ async def test_unknown_app_is_404_and_not_registered(scalingo, paastis):
 
 @pytest.mark.parametrize("host", ["", "127.0.0.1", "127.0.0.1:3000", "[::1]:3000"])
 async def test_request_without_a_usable_host_is_400(scalingo, paastis, host):
-    emulator, api_url = scalingo
+    _emulator, api_url = scalingo
     proxy = await paastis(scalingo_env(api_url))
     async with proxy.get(host) as response:
         assert response.status == 400
