@@ -58,6 +58,10 @@ class SystemApi:
         return error(404, f"no route {request.path}")
 
     def _authorized(self, request: web.Request) -> bool:
+        if not self._token:
+            # No ROUTING_SYSTEM_API_TOKEN (the admin listener serves these routes regardless):
+            # an empty token must not match an empty header.
+            return False
         given = request.headers.get("PaastisProxySystemApiToken")
         if given is None:
             scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
