@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from paastis import __version__
-from paastis.config import CommandLine, Settings, describe, load_settings
+from paastis.config import CommandLine, Settings, describe, load_settings, parse_url
 from paastis.errors import ConfigError
 from paastis.logs import configure_logging
 
@@ -59,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ,
         )
     except ConfigError as exc:
-        print(f"paastis: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return config_error(exc)
     if args.check:
         print(json.dumps(describe(settings), indent=2, default=str))
         print("paastis: configuration OK", file=sys.stderr)
@@ -70,14 +69,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(Server(settings).run())
+    except ConfigError as exc:  # found while building the pieces
+        return config_error(exc)
     except OSError as exc:  # e.g. the port is taken
         print(f"paastis: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
+def config_error(exc: ConfigError) -> int:
+    # One line, whatever a YAML or regex message may hold: scripts grep it, people read it.
+    message = " ".join(line.strip() for line in str(exc).splitlines())
+    print(f"paastis: configuration error: {message}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
+
+
 def secrets_of(settings: Settings) -> list[str]:
+    """Every configured secret, for the log filter to mask."""
     p = settings.provider
+    redis = parse_url(settings.redis_url) if settings.redis_url else None
+    redis_password = redis.password if redis else None
     return [
         value
         for value in (
@@ -88,6 +99,7 @@ def secrets_of(settings: Settings) -> list[str]:
             p.clever_secret,
             p.clever_api_token,
             settings.system_api_token,
+            redis_password,
         )
         if value
     ]

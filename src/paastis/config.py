@@ -3,7 +3,9 @@ and handed down as one immutable object. Nothing else reads the environment."""
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -12,18 +14,21 @@ from typing import Any
 
 from croniter import croniter
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from yarl import URL
 
 from paastis.errors import ConfigError
 from paastis.providers.local import LocalAppSpec
-from paastis.rules import Rule, RuleSet, load_rules_file
+from paastis.rules import MAX_IDLE_MINUTES, Rule, RuleSet, load_rules_file
 
 PROVIDERS = ("scalingo", "heroku", "clever-cloud", "local")
 HOOK_NAMES = ("before_start", "after_start", "before_stop", "after_stop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_NO_WAKE_USER_AGENTS = (
     r"(?i)uptimerobot|pingdom|statuscake|better ?uptime|googlebot|bingbot"
-    r"|bot\b|crawler|spider"
+    # `bot` ending a word catches AhrefsBot, YandexBot, Twitterbot, "Better Uptime Bot"...;
+    # but not the Cubot phones, whose browsers say "CUBOT X19".
+    r"|(?<!cu)bot\b|crawler|spider"
 )
 SECRET_HINTS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
 
@@ -83,8 +88,8 @@ class CommandLine:
     """The options given on the command line (None = not given)."""
 
     host: str | None = None
-    port: int | None = None
-    max_idle_time: str | None = None
+    port: int | str | None = None
+    max_idle_time: float | str | None = None
     config: Path | None = None
     env_file: Path | None = None
 
@@ -95,12 +100,14 @@ def load_settings(
     """Builds the settings: command line over environment over `.env`."""
     cwd = cwd or Path.cwd()
     env = Environment(merged_environment(cli, environ, cwd))
-    overrides = {
-        "HOST": cli.host,
-        "PORT": cli.port,
-        "START_AND_STOP_MAX_IDLE_TIME": cli.max_idle_time,
+    options = {
+        "HOST": ("--host", cli.host),
+        "PORT": ("--port", cli.port),
+        "START_AND_STOP_MAX_IDLE_TIME": ("--max-idle-time", cli.max_idle_time),
     }
-    env.values.update({k: str(v) for k, v in overrides.items() if v is not None})
+    for name, (option, value) in options.items():
+        if value is not None:
+            env.override(name, str(value), option)
     return build_settings(env, rules_path(cli, cwd))
 
 
@@ -112,9 +119,29 @@ def merged_environment(cli: CommandLine, environ: Mapping[str, str], cwd: Path) 
     if env_file is not None:
         if not env_file.is_file():
             raise ConfigError(f"--env-file {env_file}: no such file")
-        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        values = read_env_file(env_file)
     values.update(environ)
     return values
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of a dotenv file. `${VAR}` is kept as written: expanding it would read
+    the process environment behind the caller's back (the JavaScript original did not either).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the env file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the env file is not UTF-8 text") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(
+                f"{path}, line {binding.original.line}: cannot parse "
+                f"{binding.original.string.strip()[:40]!r} (expected NAME=value)"
+            )
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def rules_path(cli: CommandLine, cwd: Path) -> Path | None:
@@ -127,7 +154,9 @@ def rules_path(cli: CommandLine, cwd: Path) -> Path | None:
 
 
 def build_settings(env: Environment, rules_file: Path | None) -> Settings:
-    max_idle_time = env.number("START_AND_STOP_MAX_IDLE_TIME", 15, minimum=0)
+    max_idle_time = env.number(
+        "START_AND_STOP_MAX_IDLE_TIME", 15, minimum=0, maximum=MAX_IDLE_MINUTES
+    )
     parsed_rules = load_rules_file(rules_file) if rules_file else None
     rules: list[Rule] = parsed_rules.rules if parsed_rules else []
     local_apps = parsed_rules.apps if parsed_rules else {}
@@ -163,7 +192,7 @@ def build_settings(env: Environment, rules_file: Path | None) -> Settings:
         connect_timeout=env.number("PROXY_CONNECT_TIMEOUT", 10, minimum=0.1),
         read_timeout=env.number("PROXY_READ_TIMEOUT", 300, minimum=0.1),
         max_connection_lifetime=env.optional_number("PROXY_MAX_CONNECTION_LIFETIME", minimum=1),
-        log_level=env.choice("LOG_LEVEL", LOG_LEVELS, env.get("LOGGING_LEVEL") or "info"),
+        log_level=log_level(env),
         log_format=env.choice("LOG_FORMAT", ("text", "json"), "text"),
         rules_file=rules_file,
         rules=RuleSet(rules, max_idle_time),
@@ -235,12 +264,29 @@ def cron_expression(env: Environment) -> str:
     return value
 
 
+def is_redis_url(url: URL | None) -> bool:
+    if url is None:
+        return False
+    if url.scheme == "unix":
+        return bool(url.path.strip("/"))
+    # The path, when there is one, is the database number.
+    db = url.path.strip("/")
+    return url.scheme in ("redis", "rediss") and bool(url.host) and (not db or db.isdigit())
+
+
+def log_level(env: Environment) -> str:
+    # LOGGING_LEVEL is the original's name; LOG_LEVEL wins when both are set.
+    name = "LOGGING_LEVEL" if env.get("LOG_LEVEL") is None and env.get("LOGGING_LEVEL") else None
+    return env.choice(name or "LOG_LEVEL", LOG_LEVELS, "info")
+
+
 def redis_url(env: Environment) -> str:
     name = "REGISTRY_REDIS_URL"
     value = env.required(name, "when REGISTRY_TYPE=redis")
-    if URL(value).scheme not in ("redis", "rediss", "unix"):
+    if not is_redis_url(parse_url(value)):
         raise ConfigError(
-            f"{name}={mask_url(value)!r} is invalid: expected redis://, rediss:// or unix:// URL"
+            f"{name}={mask_url(value)!r} is invalid "
+            "(expected a redis://host:port[/db], rediss:// or unix:// URL)"
         )
     return value
 
@@ -279,10 +325,22 @@ def readiness_path(env: Environment) -> str:
 
 
 class Environment:
-    """Typed, validated reads of configuration variables; each failure names the variable."""
+    """Typed, validated reads of configuration variables; each failure names the variable
+    (or the command-line option it came from)."""
 
     def __init__(self, values: dict[str, str]) -> None:
         self.values = values
+        self._options: dict[str, str] = {}
+
+    def override(self, name: str, value: str, option: str) -> None:
+        """Sets a variable from the command line; errors then name the option."""
+        self.values[name] = value
+        self._options[name] = option
+
+    def shown(self, name: str, value: str) -> str:
+        """How an error names a setting and its value: `PORT='abc'` or `--port 'abc'`."""
+        option = self._options.get(name)
+        return f"{option} {value!r}" if option else f"{name}={value!r}"
 
     def get(self, name: str) -> str | None:
         value = self.values.get(name)
@@ -301,7 +359,9 @@ class Environment:
                 raise ConfigError(f"{name} is required (accepted: {', '.join(accepted)})")
             value = default
         if value.lower() not in accepted:
-            raise ConfigError(f"{name}={value!r} is invalid (accepted: {', '.join(accepted)})")
+            raise ConfigError(
+                f"{self.shown(name, value)} is invalid (accepted: {', '.join(accepted)})"
+            )
         return value.lower()
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -313,13 +373,17 @@ class Environment:
             return True
         if lowered in ("false", "0", "no", "off"):
             return False
-        raise ConfigError(f"{name}={value!r} is invalid (accepted: true or false)")
+        raise ConfigError(f"{self.shown(name, value)} is invalid (accepted: true or false)")
 
-    def number(self, name: str, default: float, *, minimum: float) -> float:
-        value = self.optional_number(name, minimum=minimum)
+    def number(
+        self, name: str, default: float, *, minimum: float, maximum: float | None = None
+    ) -> float:
+        value = self.optional_number(name, minimum=minimum, maximum=maximum)
         return float(default) if value is None else value
 
-    def optional_number(self, name: str, *, minimum: float) -> float | None:
+    def optional_number(
+        self, name: str, *, minimum: float, maximum: float | None = None
+    ) -> float | None:
         value = self.get(name)
         if value is None:
             return None
@@ -327,30 +391,46 @@ class Environment:
             number = float(value)
         except ValueError:
             number = float("nan")
-        if not number >= minimum or number == float("inf"):
-            raise ConfigError(f"{name}={value!r} is invalid (expected a number >= {minimum:g})")
+        upper = math.inf if maximum is None else maximum
+        # NaN fails every comparison; infinity is no duration.
+        if not (minimum <= number <= upper and math.isfinite(number)):
+            accepted = f">= {minimum:.15g}"
+            if maximum is not None:
+                accepted = f"from {minimum:.15g} to {maximum:.15g}"
+            raise ConfigError(
+                f"{self.shown(name, value)} is invalid (expected a number {accepted}, "
+                "decimals allowed)"
+            )
         return number
 
     def port(self, name: str, default: int | None) -> int | None:
         value = self.get(name)
         if value is None:
             return default
-        if not value.isdigit() or not 0 < int(value) < 65536:
-            raise ConfigError(f"{name}={value!r} is invalid (expected a port from 1 to 65535)")
+        if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 65536:
+            raise ConfigError(
+                f"{self.shown(name, value)} is invalid (expected a port from 1 to 65535)"
+            )
         return int(value)
 
     def host(self, name: str, default: str) -> str:
         value = self.get(name) or default
         if any(c.isspace() for c in value) or "/" in value:
-            raise ConfigError(f"{name}={value!r} is invalid (expected a host name or IP address)")
+            raise ConfigError(
+                f"{self.shown(name, value)} is invalid (expected a host name or IP address)"
+            )
         return value
 
     def url(self, name: str, default: str | None) -> str | None:
         value = self.get(name)
         if value is None:
             return default
-        if not value.startswith(("http://", "https://")) or not URL(value).host:
-            raise ConfigError(f"{name}={value!r} is invalid (expected an http:// or https:// URL)")
+        parsed = parse_url(value)
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ConfigError(
+                f"{self.shown(name, mask_url(value))} is invalid "
+                "(expected an http:// or https:// URL)"
+            )
         return value.rstrip("/")
 
     def names(self, name: str) -> list[str]:
@@ -376,9 +456,22 @@ def is_ip_address(host: str) -> bool:
     return True
 
 
+def parse_url(value: str) -> URL | None:
+    """The URL, or None when it cannot even be parsed (e.g. `http://[::1`, a bad port)."""
+    try:
+        url = URL(value)
+        url.port  # noqa: B018 (yarl checks the port only when asked)
+    except ValueError:
+        return None
+    return url
+
+
 def mask_url(url: str) -> str:
     """The URL with any password replaced by `***`, fit for logs and errors."""
-    parsed = URL(url)
+    parsed = parse_url(url)
+    if parsed is None:
+        # Unparseable: hide whatever may sit between `://` and `@`.
+        return re.sub(r"(?<=://)[^/@]*@", "***@", url)
     return str(parsed.with_password("***")) if parsed.password else url
 
 
@@ -388,11 +481,7 @@ def describe(settings: Settings) -> dict[str, Any]:
     for item in fields(settings):
         value = getattr(settings, item.name)
         if item.name == "provider":
-            value = {
-                f.name: mask(f.name, getattr(value, f.name))
-                for f in fields(value)
-                if getattr(value, f.name) is not None
-            }
+            value = provider_summary(value)
         elif item.name == "rules":
             value = [rule_summary(rule) for rule in value.rules]
         elif item.name == "local_apps":
@@ -403,6 +492,20 @@ def describe(settings: Settings) -> dict[str, Any]:
             value = mask(item.name, value)
         described[item.name] = value
     return described
+
+
+PROVIDER_PREFIXES = {"scalingo": "scalingo_", "heroku": "heroku_", "clever-cloud": "clever_"}
+
+
+def provider_summary(provider: ProviderSettings) -> dict[str, Any]:
+    """The provider's settings that matter for the chosen provider, secrets masked."""
+    own = PROVIDER_PREFIXES.get(provider.name, "\0")
+    prefixes = tuple(p for p in PROVIDER_PREFIXES.values() if p != own)
+    return {
+        f.name: mask(f.name, getattr(provider, f.name))
+        for f in fields(provider)
+        if getattr(provider, f.name) is not None and not f.name.startswith(prefixes)
+    }
 
 
 def mask(name: str, value: Any) -> Any:

@@ -13,20 +13,39 @@ STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "
 
 
 class SecretFilter(logging.Filter):
-    """Replaces any configured secret that slips into a log line with `***`."""
+    """Replaces any configured secret that slips into a log line with `***`: in the message,
+    in fields passed through `extra=`, and in the traceback of a logged exception."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
         self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
+    def mask(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
+        if not self._secrets:
+            return True
+        try:
             message = record.getMessage()
-            masked = message
-            for secret in self._secrets:
-                masked = masked.replace(secret, "***")
-            if masked != message:
-                record.msg, record.args = masked, None
+        except Exception:  # a bad format string: the handler reports it, unmasked args aside
+            record.msg, record.args = self.mask(str(record.msg)), None
+            return True
+        masked = self.mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        for key, value in vars(record).items():
+            if key not in STANDARD_ATTRIBUTES and isinstance(value, str):
+                setattr(record, key, self.mask(value))
+        if record.exc_info and not record.exc_text:
+            # Formatted once here, masked; formatters reuse `exc_text` rather than re-format.
+            record.exc_text = self.mask(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = self.mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.mask(record.stack_info)
         return True
 
 
@@ -41,8 +60,12 @@ class JsonFormatter(logging.Formatter):
         entry.update(
             (key, value) for key, value in vars(record).items() if key not in STANDARD_ATTRIBUTES
         )
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return json.dumps(entry, default=str)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +19,12 @@ RULE_KEYS = frozenset(
     {"pattern", "app_name", "app_max_idle_time", "linked_apps", "upstream", "readiness_path"}
 )
 LOCAL_APP_KEYS = frozenset({"upstream", "command", "start", "stop", "status"})
-GROUP_REFERENCE = re.compile(r"\$(\d+)")
+TEMPLATE_KEYS = ("app_name", "linked_apps", "upstream")
+# `$N` takes at most two digits, like JavaScript's String.replace: `$10` is group 10 when the
+# pattern has 10 groups, and group 1 followed by "0" otherwise.
+GROUP_REFERENCE = re.compile(r"\$(\d\d?)")
+# Beyond this, `timedelta(minutes=...)` overflows; a century is already "never".
+MAX_IDLE_MINUTES = 100 * 365 * 24 * 60
 
 
 @dataclass(frozen=True)
@@ -92,15 +98,38 @@ class RuleSet:
 
 
 def substitute(template: str, match: re.Match[str]) -> str:
-    """Replaces `$N` with the N-th group of the match (empty when the group did not take part)."""
+    """Replaces `$N` with the N-th group of the match (empty when the group did not take part).
+
+    A reference to a group the pattern does not have stays as written (the rules file is
+    checked for those when loaded).
+    """
 
     def group(ref: re.Match[str]) -> str:
-        index = int(ref.group(1))
-        if index > (match.re.groups or 0):
+        index, rest = group_reference(ref.group(1), match.re.groups)
+        if index is None:
             return ref.group(0)
-        return match.group(index) or ""
+        return (match.group(index) or "") + rest
 
     return GROUP_REFERENCE.sub(group, template)
+
+
+def group_reference(digits: str, groups: int) -> tuple[int | None, str]:
+    """The group that `$<digits>` names in a pattern with `groups` groups, and the digit left
+    over as text; None when it names no group."""
+    if int(digits) <= groups:
+        return int(digits), ""
+    if len(digits) == 2 and int(digits[0]) <= groups:
+        return int(digits[0]), digits[1]
+    return None, ""
+
+
+def missing_groups(template: str, groups: int) -> list[str]:
+    """The `$N` references in `template` that name no group of a pattern with `groups` groups."""
+    return [
+        ref.group(0)
+        for ref in GROUP_REFERENCE.finditer(template)
+        if group_reference(ref.group(1), groups)[0] is None
+    ]
 
 
 @dataclass(frozen=True)
@@ -115,25 +144,38 @@ def load_rules_file(path: Path) -> RulesFile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the rules file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the rules file is not UTF-8 text") from None
     return parse_rules(text, source=str(path))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in a mapping is an error (PyYAML
+    would silently keep the last one, hiding a typo)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_rules(text: str, *, source: str) -> RulesFile:
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"{source}: invalid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    document = load_yaml(text, source)
     if document is None:
         return RulesFile([], {})
     if not isinstance(document, dict):
-        raise ConfigError(f"{source}: expected a mapping with `rules` and `apps`")
-    unknown = set(document) - {"rules", "apps"}
-    if unknown:
         raise ConfigError(
-            f"{source}: unknown top-level key {sorted(unknown)[0]!r} (accepted: rules, apps)"
+            f"{source}: expected a mapping with `rules` and/or `apps`, got {type_name(document)}"
         )
+    unknown = [key for key in document if key not in ("rules", "apps")]
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r} (accepted: rules, apps)")
     rules_doc = document.get("rules") or []
     if not isinstance(rules_doc, list):
         raise ConfigError(f"{source}: `rules` must be a list, got {type_name(rules_doc)}")
@@ -147,38 +189,29 @@ def parse_rules(text: str, *, source: str) -> RulesFile:
     return RulesFile(rules, apps)
 
 
+def load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: invalid YAML{line}: {one_line(problem)}") from None
+
+
 def parse_rule(item: Any, index: int, source: str) -> Rule:
     where = f"{source}: rule {index}"
     if not isinstance(item, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type_name(item)}")
+        raise ConfigError(f"{where}: expected a mapping with a 'pattern', got {type_name(item)}")
     for key in item:
         if key not in RULE_KEYS:
             raise ConfigError(
                 f"{where}: unknown key {key!r} (accepted: {', '.join(sorted(RULE_KEYS))})"
             )
-    if "pattern" not in item:
-        raise ConfigError(f"{where}: key 'pattern' is required")
-    pattern_text = expect_str(item, "pattern", where)
-    try:
-        pattern = re.compile(pattern_text)
-    except re.error as exc:
-        raise ConfigError(
-            f"{where}, key 'pattern': invalid regular expression {pattern_text!r} ({exc})"
-        ) from None
-    idle = item.get("app_max_idle_time")
-    if idle is not None and (
-        isinstance(idle, bool) or not isinstance(idle, int | float) or idle < 0
-    ):
-        raise ConfigError(
-            f"{where}, key 'app_max_idle_time': expected a number of minutes >= 0, got {idle!r}"
-        )
-    linked = item.get("linked_apps")
-    if linked is not None and (
-        not isinstance(linked, list) or not all(isinstance(n, str) for n in linked)
-    ):
-        raise ConfigError(
-            f"{where}, key 'linked_apps': expected a list of app names, got {linked!r}"
-        )
+    pattern = parse_pattern(item, where)
+    app_name = expect_str(item, "app_name", where)
+    if app_name is not None and not app_name.strip():
+        raise ConfigError(f"{where}, key 'app_name': expected an app name, got {app_name!r}")
     upstream = expect_str(item, "upstream", where)
     if upstream is not None and not upstream.startswith(("http://", "https://")):
         raise ConfigError(
@@ -190,32 +223,119 @@ def parse_rule(item: Any, index: int, source: str) -> Rule:
             f"{where}, key 'readiness_path': expected a path starting with '/' or '', "
             f"got {readiness!r}"
         )
-    return Rule(
+    rule = Rule(
         pattern=pattern,
-        app_name=expect_str(item, "app_name", where),
-        app_max_idle_time=float(idle) if idle is not None else None,
-        linked_apps=tuple(linked) if linked is not None else None,
+        app_name=app_name,
+        app_max_idle_time=parse_idle_time(item, where),
+        linked_apps=parse_linked_apps(item, where),
         upstream=upstream,
         readiness_path=readiness,
     )
+    check_group_references(rule, where)
+    return rule
+
+
+def parse_pattern(item: Mapping[str, Any], where: str) -> re.Pattern[str]:
+    if item.get("pattern") is None:
+        raise ConfigError(
+            f"{where}: key 'pattern' is required (a regular expression searched in the app key)"
+        )
+    text = expect_str(item, "pattern", where)
+    assert text is not None
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ConfigError(
+            f"{where}, key 'pattern': invalid regular expression {text!r} ({exc})"
+        ) from None
+
+
+def parse_idle_time(item: Mapping[str, Any], where: str) -> float | None:
+    idle = item.get("app_max_idle_time")
+    if idle is None:
+        return None
+    if (
+        isinstance(idle, bool)
+        or not isinstance(idle, int | float)
+        or not math.isfinite(idle)
+        or not 0 <= idle <= MAX_IDLE_MINUTES
+    ):
+        raise ConfigError(
+            f"{where}, key 'app_max_idle_time': expected a number of minutes from 0 to "
+            f"{MAX_IDLE_MINUTES} (decimals allowed), got {idle!r}"
+        )
+    return float(idle)
+
+
+def parse_linked_apps(item: Mapping[str, Any], where: str) -> tuple[str, ...] | None:
+    linked = item.get("linked_apps")
+    if linked is None:
+        return None
+    if not isinstance(linked, list) or not all(
+        isinstance(name, str) and name.strip() for name in linked
+    ):
+        raise ConfigError(
+            f"{where}, key 'linked_apps': expected a list of app names, got {linked!r}"
+        )
+    return tuple(linked)
+
+
+def check_group_references(rule: Rule, where: str) -> None:
+    """A `$N` naming a group the pattern lacks is a mistake worth reporting at start-up."""
+    groups = rule.pattern.groups
+    for key in TEMPLATE_KEYS:
+        value = getattr(rule, key)
+        for template in value if isinstance(value, tuple) else (value,):
+            missing = missing_groups(template, groups) if template else []
+            if missing:
+                raise ConfigError(
+                    f"{where}, key {key!r}: {missing[0]} in {template!r} names no group of "
+                    f"the pattern {rule.pattern.pattern!r} (it has {groups})"
+                )
 
 
 def parse_local_app(name: str, spec: Any, source: str) -> LocalAppSpec:
     where = f"{source}: app {name!r}"
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type_name(spec)}")
+        raise ConfigError(
+            f"{where}: expected a mapping with `upstream` and `command` (or `start` and "
+            f"`stop`), got {type_name(spec)}"
+        )
     for key in spec:
         if key not in LOCAL_APP_KEYS:
             raise ConfigError(
                 f"{where}: unknown key {key!r} (accepted: {', '.join(sorted(LOCAL_APP_KEYS))})"
             )
     fields = {key: expect_str(spec, key, where) for key in LOCAL_APP_KEYS}
-    if not fields["upstream"]:
+    for key, value in fields.items():
+        if value is not None and not value.strip():
+            raise ConfigError(f"{where}, key {key!r}: must not be empty")
+    upstream = fields["upstream"]
+    if upstream is None:
         raise ConfigError(f"{where}: key 'upstream' is required (e.g. http://127.0.0.1:8001)")
-    try:
-        return LocalAppSpec(name=name, **fields)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    if not upstream.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{where}, key 'upstream': expected an http:// or https:// URL, got {upstream!r}"
+        )
+    check_local_commands(fields, where)
+    return LocalAppSpec(name=name, **fields)
+
+
+def check_local_commands(fields: Mapping[str, str | None], where: str) -> None:
+    if fields["command"] is not None:
+        extra = [key for key in ("start", "stop", "status") if fields[key] is not None]
+        if extra:
+            raise ConfigError(
+                f"{where}: keys 'command' and {extra[0]!r} cannot be used together (give "
+                "either `command`, or `start` and `stop` with an optional `status`)"
+            )
+        return
+    missing = [key for key in ("start", "stop") if fields[key] is None]
+    if missing:
+        raise ConfigError(
+            f"{where}: key {missing[0]!r} is missing (give either `command`, or `start` and "
+            "`stop` with an optional `status`)"
+        )
 
 
 def expect_str(item: Mapping[str, Any], key: str, where: str) -> str | None:
@@ -227,3 +347,7 @@ def expect_str(item: Mapping[str, Any], key: str, where: str) -> str | None:
 
 def type_name(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), repr(value))
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
