@@ -23,7 +23,9 @@ class RunningApp:
     last_accessed_at: datetime  # aware, UTC
 
     def idle_for(self, now: datetime) -> timedelta:
-        return now - self.last_accessed_at
+        """How long since the last access; zero, never negative, for a stamp in the future
+        (another instance's clock running ahead)."""
+        return max(now - self.last_accessed_at, timedelta(0))
 
     def is_idle(self, now: datetime) -> bool:
         """True once the last access is at least `max_idle_time` old (absolute time)."""
