@@ -39,8 +39,9 @@ HOP_BY_HOP = frozenset(
     )
 )
 SYSTEM_HEADERS = frozenset({"paastisproxytarget", "paastisproxysystemapitoken"})
-# Never forwarded upstream; `Host` is set from the upstream URL.
-DROPPED_REQUEST_HEADERS = HOP_BY_HOP | SYSTEM_HEADERS | {"host"}
+# Set for the upstream hop by paastis itself: `Host` from the upstream URL, and `Expect`
+# answered to the client before the body is streamed.
+OWN_HEADERS = frozenset({"host", "expect"})
 RETRY_AFTER_ON_WAKE_TIMEOUT = "10"
 WS_MESSAGE_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
 
@@ -109,6 +110,15 @@ class Proxy:
             outcome.app = ""  # unknown hosts must not create metric series
             return text_response(404, f"paastis: no app named {app_name}\n")
         app_name = outcome.app = app.name
+        if app.state is AppState.UNKNOWN:
+            # A waiting page or a monitor's 503 for an app that in fact runs would be wrong.
+            try:
+                app = await lifecycle.catalog.fetch(app_name)
+            except AppNotFound:
+                return text_response(404, f"paastis: no app named {app_name}\n")
+            except ProviderError as exc:
+                log.error("cannot get the state of %s: %s", app_name, exc)
+                return text_response(502, f"paastis: cannot reach the provider for {app_name}\n")
         if app_name in self._policy.ignored_apps:
             if app.state is not AppState.RUNNING:
                 return text_response(503, f"paastis: {app_name} is not running\n")
@@ -176,6 +186,7 @@ class Proxy:
         url = upstream_url(base, request)
         headers = upstream_headers(request, url)
         body = request.content if request.body_exists else None
+        await send_continue_if_expected(request)
         try:
             upstream = await self._http.request(
                 request.method,
@@ -194,18 +205,21 @@ class Proxy:
             response = web.StreamResponse(
                 status=upstream.status,
                 reason=upstream.reason,
-                headers=downstream_headers(upstream.headers, url, request),
+                headers=downstream_headers(upstream.headers, URL(base), request),
             )
             if cold:
                 response.headers["X-Paastis-Cold-Start"] = "true"
             if upstream.content_length is not None and "Content-Length" in upstream.headers:
                 response.content_length = upstream.content_length
             await response.prepare(request)
-            await self._stream_body(upstream, response)
+            await self._stream_body(request, upstream, response)
             return response
 
     async def _stream_body(
-        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
     ) -> None:
         lifetime = self._policy.max_connection_lifetime
         try:
@@ -214,10 +228,11 @@ class Proxy:
                     await response.write(chunk)
         except TimeoutError:
             log.info("closing a stream open for longer than %ss", lifetime)
+            abort_answer(request)
             return
         except (aiohttp.ClientError, ConnectionResetError) as exc:
-            # Headers are gone already: all we can do is end the answer short.
             log.warning("upstream stream broke: %s", exc)
+            abort_answer(request)
             return
         await response.write_eof()
 
@@ -359,18 +374,30 @@ def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
     }
 
 
+def is_hop_by_hop(name: str, named_in_connection: set[str]) -> bool:
+    lowered = name.lower()
+    return (
+        lowered in HOP_BY_HOP
+        or lowered in named_in_connection
+        # Proxy-Authorization, Proxy-Connection, ...: meant for a proxy, never for the app.
+        or lowered.startswith("proxy-")
+    )
+
+
 def upstream_headers(
     request: web.BaseRequest, url: URL, *, websocket: bool = False
 ) -> CIMultiDict[str]:
-    dropped = DROPPED_REQUEST_HEADERS | connection_tokens(request.headers)
-    if websocket:  # aiohttp's WebSocket client writes its own handshake headers
-        dropped = dropped | {h for h in request.headers if h.lower().startswith("sec-websocket-")}
-        dropped = {h.lower() for h in dropped}
-    headers = CIMultiDict(
-        (name, value) for name, value in request.headers.items() if name.lower() not in dropped
-    )
+    named = connection_tokens(request.headers)
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        lowered = name.lower()
+        if is_hop_by_hop(lowered, named) or lowered in SYSTEM_HEADERS or lowered in OWN_HEADERS:
+            continue
+        if websocket and lowered.startswith("sec-websocket-"):
+            continue  # aiohttp's WebSocket client writes its own handshake headers
+        headers.add(name, value)
     remote = request.remote or ""
-    previous = request.headers.get("X-Forwarded-For")
+    previous = ", ".join(request.headers.getall("X-Forwarded-For", []))
     headers["X-Forwarded-For"] = f"{previous}, {remote}" if previous else remote
     headers["X-Forwarded-Proto"] = request.scheme
     headers["X-Forwarded-Host"] = request.host
@@ -381,20 +408,53 @@ def upstream_headers(
 
 
 def downstream_headers(
-    upstream: CIMultiDictProxy[str], url: URL, request: web.BaseRequest
+    upstream: CIMultiDictProxy[str], base: URL, request: web.BaseRequest
 ) -> CIMultiDict[str]:
-    dropped = HOP_BY_HOP | connection_tokens(upstream) | {"content-length"}
-    headers = CIMultiDict(
-        (name, value) for name, value in upstream.items() if name.lower() not in dropped
+    """The upstream's answer headers for the client; `base` is the app's upstream URL."""
+    named = connection_tokens(upstream)
+    headers: CIMultiDict[str] = CIMultiDict(
+        (name, value)
+        for name, value in upstream.items()
+        if not is_hop_by_hop(name, named) and name.lower() != "content-length"
     )
     location = headers.get("Location")
-    upstream_origin = str(url.origin())
-    if location and location.startswith(upstream_origin):
-        # A redirect to the app's own origin stays behind paastis.
-        headers["Location"] = (
-            f"{request.scheme}://{request.host}" + location[len(upstream_origin) :]
-        )
+    if location:
+        headers["Location"] = rewrite_location(location, base, request)
     return headers
+
+
+def rewrite_location(location: str, base: URL, request: web.BaseRequest) -> str:
+    """A redirect to the app's own origin (under its path prefix) stays behind paastis."""
+    try:
+        target = URL(location, encoded=True)
+        if not target.absolute or target.origin() != base.origin():
+            return location
+    except ValueError:
+        return location
+    path = target.raw_path
+    prefix = base.raw_path.rstrip("/")
+    if prefix and (path == prefix or path.startswith(prefix + "/")):
+        path = path[len(prefix) :] or "/"
+    query = f"?{target.raw_query_string}" if target.raw_query_string else ""
+    fragment = f"#{target.raw_fragment}" if target.raw_fragment else ""
+    return f"{request.scheme}://{request.host}{path}{query}{fragment}"
+
+
+async def send_continue_if_expected(request: web.BaseRequest) -> None:
+    """Answers `Expect: 100-continue` (as aiohttp's router would), once the app is ready to
+    take the body; the client would otherwise wait, or stall, before sending it."""
+    expect = request.headers.get("Expect", "")
+    if request.version >= aiohttp.HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+
+
+def abort_answer(request: web.BaseRequest) -> None:
+    """Closes the client's connection mid-answer: the headers are gone already, and ending the
+    body cleanly would pass a truncated answer off as complete (or leave the client waiting
+    for the rest of a Content-Length)."""
+    if request.transport is not None:
+        request.transport.close()
 
 
 def text_response(status: int, text: str) -> web.Response:
