@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from paastis.providers import AppNotFound, AppState, PaasApp, Provider
+from paastis.providers import AppNotFound, AppState, PaasApp, Provider, ProviderError
 
 log = logging.getLogger("paastis.catalog")
 
@@ -35,6 +35,9 @@ class AppCatalog:
         self._keys: dict[str, str] = {}  # name or alias -> name
         self._listed_at: float | None = None
         self._refreshing: asyncio.Task[list[PaasApp]] | None = None
+        # Why the latest listing failed: a miss meanwhile is "cannot tell", never "no such app".
+        self._listing_error: ProviderError | None = None
+        self._fetching: dict[str, asyncio.Task[PaasApp]] = {}
 
     def lookup(self, key: str) -> PaasApp | None:
         name = self._keys.get(key)
@@ -54,6 +57,8 @@ class AppCatalog:
         )
         if in_flight or stale:
             await self.refresh()
+        elif self._listing_error is not None:
+            raise self._listing_error.with_traceback(None)
         return self.lookup(key)
 
     async def refresh(self) -> list[PaasApp]:
@@ -64,7 +69,11 @@ class AppCatalog:
 
     async def _list(self) -> list[PaasApp]:
         self._listed_at = self._clock()
-        apps = await self._provider.list_apps()
+        try:
+            apps = await self._provider.list_apps()
+        except ProviderError as exc:
+            self._listing_error = exc
+            raise
         self.replace_all(apps)
         return apps
 
@@ -81,6 +90,7 @@ class AppCatalog:
                 app = replace(app, upstream_url=known.upstream_url)
             self._put(app)
         self._listed_at = self._clock()
+        self._listing_error = None
 
     def update(self, app: PaasApp) -> None:
         self._put(app)
@@ -91,14 +101,36 @@ class AppCatalog:
             self._apps[name] = replace(app, state=state)
 
     async def fetch(self, name: str) -> PaasApp:
-        """The app's current state from the provider; raises AppNotFound."""
+        """The app's current state from the provider; raises AppNotFound.
+
+        Concurrent callers share one provider call: a burst of requests for an app of
+        unknown state must not cost the provider's rate limit one call per request.
+        """
+        task = self._fetching.get(name)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(name))
+            self._fetching[name] = task
+            task.add_done_callback(lambda done: self._fetched(name, done))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, name: str) -> PaasApp:
         try:
             app = await self._provider.get_app(name)
         except AppNotFound:
             self._forget(name)
             raise
+        except ProviderError as exc:
+            # Logged once here, however many requests were waiting for the answer.
+            log.error("asking %s for the state of %s failed: %s", exc.provider, name, exc)
+            raise
         self._put(app)
         return app
+
+    def _fetched(self, name: str, task: asyncio.Task[PaasApp]) -> None:
+        if self._fetching.get(name) is task:
+            del self._fetching[name]
+        if not task.cancelled():
+            task.exception()  # retrieved, even when every caller has gone away
 
     def _put(self, app: PaasApp) -> None:
         self._apps[app.name] = app
