@@ -55,6 +55,10 @@ class SystemApi:
             except ProviderError as exc:
                 log.error("system API %s %s: %s", request.method, request.path, exc)
                 return error(502, f"provider error: {exc}")
+            except Exception:
+                # Every answer of this API is JSON, failures included.
+                log.exception("system API %s %s failed", request.method, request.path)
+                return error(500, "internal error")
         return error(404, f"no route {request.path}")
 
     def _authorized(self, request: web.Request) -> bool:
@@ -66,7 +70,12 @@ class SystemApi:
         if given is None:
             scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
             given = credentials.strip() if scheme.lower() == "bearer" else ""
-        return hmac.compare_digest(given.encode(), self._token)
+        try:
+            # Header bytes that are not UTF-8 arrive decoded with surrogate escapes.
+            presented = given.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return False
+        return hmac.compare_digest(presented, self._token)
 
     async def list_apps(self, request: web.Request, match: re.Match[str]) -> web.Response:
         apps = await self._lifecycle.catalog.refresh()
