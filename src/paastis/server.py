@@ -19,6 +19,7 @@ from paastis.events import EventLog, InMemoryEventLog
 from paastis.hooks import Hooks
 from paastis.lifecycle import Lifecycle, UpstreamPolicy
 from paastis.metrics import Metrics
+from paastis.providers import AppState
 from paastis.providers.api import ProviderCallCounter
 from paastis.providers.factory import build_provider
 from paastis.proxy import Proxy, ProxyPolicy
@@ -203,7 +204,11 @@ class Server:
                 self.registry.stamp(app, now)
 
     def _apps_by_state(self) -> dict[str, int]:
-        states = Counter(app.state.value for app in self.catalog.all())
+        # DESIGN §11 names a stopped app "sleeping".
+        states = Counter(
+            "sleeping" if app.state is AppState.STOPPED else app.state.value
+            for app in self.catalog.all()
+        )
         states["registered"] = self.scheduler.registered_count
         return dict(states)
 
