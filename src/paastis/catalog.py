@@ -119,10 +119,6 @@ class AppCatalog:
         except AppNotFound:
             self._forget(name)
             raise
-        except ProviderError as exc:
-            # Logged once here, however many requests were waiting for the answer.
-            log.error("asking %s for the state of %s failed: %s", exc.provider, name, exc)
-            raise
         self._put(app)
         return app
 
