@@ -50,6 +50,8 @@ class ProbeUpstream:
         r.add_get("/slow", self.slow)
         r.add_get("/hold", self.hold)
         r.add_get("/ws", self.websocket)
+        r.add_get("/ws-slow", self.slow)
+        r.add_get("/ws-refused", self.refuse_websocket)
         r.add_get("/health", self.health)
         r.add_get("/ready", self.health)
         r.add_route("*", "/{tail:.*}", self.echo)
@@ -145,6 +147,9 @@ class ProbeUpstream:
             self.health_failures -= 1
             return web.Response(status=503, text="booting")
         return web.Response(text="ok")
+
+    async def refuse_websocket(self, request: web.Request) -> web.Response:
+        return web.Response(status=403, text="no sockets here")
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -328,6 +333,21 @@ async def test_forwarded_for_is_appended_to_the_clients_value(scalingo, probe, p
         record = await response.json()
 
     assert header_values(record, "X-Forwarded-For") == ["203.0.113.7, 10.0.0.1, 127.0.0.1"]
+
+
+async def test_forwarded_for_joins_every_line_the_client_sent(scalingo, probe, paastis):
+    upstream, _ = probe
+    proxy = await proxied(scalingo, probe, paastis)
+
+    await raw_exchange(
+        port_of(proxy),
+        b"GET /echo HTTP/1.1\r\nHost: web.example.net\r\nConnection: close\r\n"
+        b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+    )
+
+    assert header_values(upstream.received[0], "X-Forwarded-For") == [
+        "203.0.113.7, 10.0.0.1, 127.0.0.1"
+    ]
 
 
 async def test_forwarded_proto_and_host_describe_the_clients_request(scalingo, probe, paastis):
@@ -638,6 +658,36 @@ async def test_websocket_is_closed_after_the_maximum_connection_lifetime(scaling
     assert 0.9 <= time.monotonic() - opened < 4
 
 
+async def test_websocket_refused_by_the_upstream_gets_the_upstreams_status(
+    scalingo, probe, paastis
+):
+    proxy = await proxied(scalingo, probe, paastis)
+
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await proxy.session.ws_connect(
+            ws_url(proxy, "/ws-refused"), headers={"Host": "web.example.net"}
+        )
+
+    assert refused.value.status == 403
+
+
+async def test_websocket_handshake_slower_than_the_timeouts_is_answered_504(
+    scalingo, probe, paastis
+):
+    proxy = await proxied(
+        scalingo, probe, paastis, PROXY_CONNECT_TIMEOUT="0.1", PROXY_READ_TIMEOUT="0.2"
+    )
+
+    started = time.monotonic()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as failed:
+        await proxy.session.ws_connect(
+            ws_url(proxy, "/ws-slow"), headers={"Host": "web.example.net"}
+        )
+
+    assert failed.value.status == 504
+    assert time.monotonic() - started < 1.5
+
+
 # --- upstream errors --------------------------------------------------------------------------
 
 
@@ -905,3 +955,21 @@ async def test_app_listed_in_an_unknown_state_is_asked_before_a_waiting_page(
     async with proxy.get("web.example.net", "/echo", headers=NAVIGATION) as response:
         assert response.status == 200
     assert emulator.count("scale") == 0
+
+
+async def test_head_answer_keeps_the_upstreams_content_length_without_a_body(
+    scalingo, probe, paastis
+):
+    upstream, _ = probe
+    proxy = await proxied(scalingo, probe, paastis)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy))
+    try:
+        writer.write(b"HEAD /gzip HTTP/1.1\r\nHost: web.example.net\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        writer.close()
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert f"Content-Length: {len(upstream.gzip_body)}".encode() in head
+    assert body == b""

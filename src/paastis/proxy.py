@@ -240,20 +240,25 @@ class Proxy:
         url = upstream_url(base, request)
         ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
         headers = upstream_headers(request, url, websocket=True)
-        protocols = [
-            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p
-        ]
+        offered = request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+        protocols = [p.strip() for p in offered if p.strip()]
+        # ws_connect takes no request timeout: bound the handshake as a request's headers are.
+        handshake = self._policy.connect_timeout + self._policy.read_timeout
         try:
-            upstream = await self._http.ws_connect(
-                ws_url,
-                headers=headers,
-                protocols=protocols,
-                timeout=aiohttp.ClientWSTimeout(ws_close=10),
-                autoping=True,
-            )
+            async with asyncio.timeout(handshake):
+                upstream = await self._http.ws_connect(
+                    ws_url,
+                    headers=headers,
+                    protocols=protocols,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=10),
+                    autoping=True,
+                )
         except aiohttp.WSServerHandshakeError as exc:
-            return text_response(exc.status or 502, "paastis: the app refused the WebSocket\n")
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            status = exc.status if exc.status and exc.status >= 400 else 502
+            return text_response(status, "paastis: the app refused the WebSocket\n")
+        except TimeoutError:
+            return text_response(504, "paastis: the app did not answer in time\n")
+        except aiohttp.ClientError as exc:
             log.warning("upstream WebSocket %s unreachable: %s", ws_url.origin(), exc)
             return text_response(502, "paastis: the app is unreachable\n")
         client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
