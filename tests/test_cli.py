@@ -1,0 +1,595 @@
+"""The command line, through real processes: `python -m paastis` and the `paastis` script."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.client
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from paastis import __version__
+
+PYTHON = sys.executable
+SCRIPT = Path(sys.executable).with_name("paastis")
+SCALINGO_TOKEN = "tk-us-scalingo-secret-0123456789"
+SYSTEM_TOKEN = "system-api-secret-0123456789abcdef"
+SCALINGO = {"PROVIDER_NAME": "scalingo", "PROVIDER_SCALINGO_API_TOKEN": SCALINGO_TOKEN}
+RUN_TIMEOUT = 20.0
+
+# An upstream that answers `/slow` after a pause, writing a marker when the request arrives,
+# so a test knows a request is in flight. It records its pid for the test to check it ended.
+SLOW_UPSTREAM = """\
+import os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+port, marker, pidfile = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+pidfile.write_text(str(os.getpid()))
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/slow":
+            marker.write_text("received")
+            time.sleep(1.5)
+        body = f"done {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+# Helpers ---------------------------------------------------------------------------------
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """A controlled environment: nothing of paastis' configuration leaks in from ours."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **values}
+
+
+def run(
+    args: list[str], env: dict[str, str], cwd: Path, *, script: bool = False
+) -> subprocess.CompletedProcess[str]:
+    command = [str(SCRIPT)] if script else [PYTHON, "-m", "paastis"]
+    return subprocess.run(
+        [*command, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(condition: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def process_running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie nobody reaped yet counts as gone)."""
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def get(port: int, host: str, path: str = "/") -> tuple[int, dict[str, str], str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=RUN_TIMEOUT)
+    try:
+        connection.request("GET", path, headers={"Host": host, "Accept": "*/*"})
+        response = connection.getresponse()
+        return response.status, dict(response.headers), response.read().decode()
+    finally:
+        connection.close()
+
+
+@dataclasses.dataclass
+class Daemon:
+    """A paastis process serving on `port`, its output in files (a full pipe would block it)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    stderr_path: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_listening(self) -> None:
+        def listening() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"paastis exited with {self.proc.returncode}:\n{self.stderr}")
+            return accepts_connections(self.port)
+
+        wait_until(listening, within=15, what="paastis to listen")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, within: float) -> int:
+        return self.proc.wait(timeout=within)
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Starts `python -m paastis` daemons; any still running at the end is killed."""
+    started: list[Daemon] = []
+
+    def start(env: dict[str, str], cwd: Path) -> Daemon:
+        port = free_port()
+        index = len(started)
+        stdout = (tmp_path / f"daemon-{index}.out").open("wb")
+        stderr_path = tmp_path / f"daemon-{index}.err"
+        with stdout, stderr_path.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [PYTHON, "-m", "paastis"],
+                env=clean_env(HOST="127.0.0.1", PORT=str(port), **env),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        daemon = Daemon(proc, port, stderr_path)
+        started.append(daemon)
+        daemon.wait_listening()
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.terminate()
+            try:
+                daemon.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.proc.kill()
+                daemon.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def app_pids(tmp_path: Path) -> Iterator[list[Path]]:
+    """Pid files of app processes a test's paastis spawns; any left alive is killed."""
+    pidfiles: list[Path] = []
+    yield pidfiles
+    for pidfile in pidfiles:
+        if pidfile.exists() and process_running(pid := int(pidfile.read_text())):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def local_app(name: str, upstream_port: int, command: str) -> str:
+    return (
+        f"apps:\n  {name}:\n    upstream: 'http://127.0.0.1:{upstream_port}'\n"
+        f"    command: {json.dumps(command)}\n"
+    )
+
+
+# Informational options -------------------------------------------------------------------
+
+
+def test_version_prints_the_version(tmp_path: Path) -> None:
+    result = run(["--version"], clean_env(), tmp_path)
+
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"paastis {__version__}"
+
+
+def test_help_lists_every_option(tmp_path: Path) -> None:
+    result = run(["--help"], clean_env(), tmp_path)
+
+    assert result.returncode == 0
+    for option in (
+        "--host",
+        "-H",
+        "--port",
+        "-P",
+        "--max-idle-time",
+        "--config",
+        "--env-file",
+        "--check",
+        "--version",
+    ):
+        assert option in result.stdout
+
+
+# --check -----------------------------------------------------------------------------------
+
+
+def test_check_exits_0_and_prints_the_configuration(tmp_path: Path) -> None:
+    result = run(["--check"], clean_env(**SCALINGO), tmp_path)
+
+    assert result.returncode == 0
+    printed = json.loads(result.stdout)
+    assert printed["provider"]["name"] == "scalingo"
+    assert printed["port"] == 3000
+
+
+def test_check_masks_the_provider_and_system_api_tokens(tmp_path: Path) -> None:
+    env = clean_env(
+        **SCALINGO, ROUTING_SYSTEM_API_ENABLED="true", ROUTING_SYSTEM_API_TOKEN=SYSTEM_TOKEN
+    )
+
+    result = run(["--check"], env, tmp_path)
+
+    assert result.returncode == 0
+    for secret in (SCALINGO_TOKEN, SYSTEM_TOKEN):
+        assert secret not in result.stdout
+        assert secret not in result.stderr
+
+
+def test_check_contacts_nothing(tmp_path: Path) -> None:
+    # Nothing listens there: a check that called the provider would fail or hang.
+    env = clean_env(**SCALINGO, PROVIDER_SCALINGO_API_URL=f"http://127.0.0.1:{free_port()}")
+
+    assert run(["--check"], env, tmp_path).returncode == 0
+
+
+def test_command_line_port_beats_the_environment(tmp_path: Path) -> None:
+    result = run(["--check", "--port", "4100"], clean_env(**SCALINGO, PORT="4000"), tmp_path)
+
+    assert json.loads(result.stdout)["port"] == 4100
+
+
+def test_short_options_set_host_and_port(tmp_path: Path) -> None:
+    result = run(["--check", "-H", "127.0.0.1", "-P", "4101"], clean_env(**SCALINGO), tmp_path)
+
+    printed = json.loads(result.stdout)
+    assert (printed["host"], printed["port"]) == ("127.0.0.1", 4101)
+
+
+def test_env_file_in_the_working_directory_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        f"PROVIDER_NAME=scalingo\nPROVIDER_SCALINGO_API_TOKEN={SCALINGO_TOKEN}\nPORT=4200\n"
+    )
+
+    result = run(["--check"], clean_env(), tmp_path)
+
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["port"] == 4200
+
+
+def test_env_file_option_is_read(tmp_path: Path) -> None:
+    env_file = tmp_path / "prod.env"
+    env_file.write_text(f"PROVIDER_NAME=heroku\nPROVIDER_HEROKU_API_TOKEN={SCALINGO_TOKEN}\n")
+
+    result = run(["--check", "--env-file", str(env_file)], clean_env(), tmp_path)
+
+    assert json.loads(result.stdout)["provider"]["name"] == "heroku"
+
+
+def test_paastis_yml_in_the_working_directory_is_read(tmp_path: Path) -> None:
+    (tmp_path / "paastis.yml").write_text("rules:\n  - pattern: 'pr(\\d+)'\n")
+
+    result = run(["--check"], clean_env(**SCALINGO), tmp_path)
+
+    assert json.loads(result.stdout)["rules"] == [{"pattern": "pr(\\d+)"}]
+
+
+def test_console_script_is_the_same_program_as_python_m(tmp_path: Path) -> None:
+    env = clean_env(**SCALINGO, START_AND_STOP_MAX_IDLE_TIME="0.5")
+
+    as_module = run(["--check"], env, tmp_path)
+    as_script = run(["--check"], env, tmp_path, script=True)
+
+    assert as_script.returncode == as_module.returncode == 0
+    assert as_script.stdout == as_module.stdout
+
+
+def test_console_script_reports_configuration_errors_like_python_m(tmp_path: Path) -> None:
+    env = clean_env(PROVIDER_NAME="aws")
+
+    as_module = run([], env, tmp_path)
+    as_script = run([], env, tmp_path, script=True)
+
+    assert as_script.returncode == as_module.returncode == 2
+    assert as_script.stderr == as_module.stderr
+
+
+# Configuration errors ----------------------------------------------------------------------
+
+
+BAD_RULES = {
+    "unknown-rule-key": ("rules:\n  - pattern: a\n    colour: red\n", ["rule 1", "colour"]),
+    "wrong-type": (
+        "rules:\n  - pattern: a\n  - pattern: b\n    app_max_idle_time: ten\n",
+        ["rule 2", "app_max_idle_time", "ten"],
+    ),
+    "bad-regex": ("rules:\n  - pattern: '(a'\n", ["rule 1", "pattern", "(a"]),
+    "yaml-error": ("rules:\n  - pattern: [a\n", ["invalid YAML"]),
+}
+
+BAD_ENVIRONMENTS = {
+    "bad-port": ({**SCALINGO, "PORT": "abc"}, ["PORT='abc'", "1 to 65535"]),
+    "port-out-of-range": ({**SCALINGO, "PORT": "70000"}, ["PORT='70000'"]),
+    "unknown-provider": ({"PROVIDER_NAME": "aws"}, ["PROVIDER_NAME='aws'", "scalingo"]),
+    "missing-provider": ({}, ["PROVIDER_NAME is required"]),
+    "missing-token": ({"PROVIDER_NAME": "scalingo"}, ["PROVIDER_SCALINGO_API_TOKEN"]),
+    "bad-cron": (
+        {**SCALINGO, "START_AND_STOP_CHECKING_INTERVAL_CRON": "* * * *"},
+        ["START_AND_STOP_CHECKING_INTERVAL_CRON='* * * *'", "5 fields"],
+    ),
+    "bad-regex": (
+        {**SCALINGO, "PROXY_NO_WAKE_USER_AGENTS": "(bot"},
+        ["PROXY_NO_WAKE_USER_AGENTS='(bot'"],
+    ),
+    "system-api-without-token": (
+        {**SCALINGO, "ROUTING_SYSTEM_API_ENABLED": "true"},
+        ["ROUTING_SYSTEM_API_TOKEN", "16 characters"],
+    ),
+    "system-api-short-token": (
+        {**SCALINGO, "ROUTING_SYSTEM_API_ENABLED": "true", "ROUTING_SYSTEM_API_TOKEN": "short"},
+        ["ROUTING_SYSTEM_API_TOKEN", "16 characters"],
+    ),
+    "redis-without-url": ({**SCALINGO, "REGISTRY_TYPE": "redis"}, ["REGISTRY_REDIS_URL"]),
+    "negative-idle-time": (
+        {**SCALINGO, "START_AND_STOP_MAX_IDLE_TIME": "-3"},
+        ["START_AND_STOP_MAX_IDLE_TIME='-3'"],
+    ),
+    "local-without-apps": ({"PROVIDER_NAME": "local"}, ["PROVIDER_NAME=local", "apps:"]),
+}
+
+
+def assert_one_line_configuration_error(
+    result: subprocess.CompletedProcess[str], expected: list[str]
+) -> None:
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("paastis: configuration error: ")
+    for fragment in expected:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(("env", "expected"), BAD_ENVIRONMENTS.values(), ids=BAD_ENVIRONMENTS)
+def test_bad_environment_exits_2_with_one_line_naming_the_variable(
+    tmp_path: Path, env: dict[str, str], expected: list[str]
+) -> None:
+    assert_one_line_configuration_error(run([], clean_env(**env), tmp_path), expected)
+
+
+@pytest.mark.parametrize(("rules", "expected"), BAD_RULES.values(), ids=BAD_RULES)
+def test_bad_rules_file_exits_2_with_one_line_naming_the_file_rule_and_key(
+    tmp_path: Path, rules: str, expected: list[str]
+) -> None:
+    (tmp_path / "paastis.yml").write_text(rules)
+
+    result = run([], clean_env(**SCALINGO), tmp_path)
+
+    assert_one_line_configuration_error(result, ["paastis.yml", *expected])
+
+
+def test_check_with_a_bad_configuration_exits_2(tmp_path: Path) -> None:
+    result = run(["--check"], clean_env(**SCALINGO, PORT="0"), tmp_path)
+
+    assert_one_line_configuration_error(result, ["PORT='0'"])
+
+
+def test_missing_env_file_option_exits_2(tmp_path: Path) -> None:
+    result = run(["--env-file", "missing.env"], clean_env(**SCALINGO), tmp_path)
+
+    assert_one_line_configuration_error(result, ["--env-file", "missing.env"])
+
+
+def test_missing_config_option_exits_2(tmp_path: Path) -> None:
+    result = run(["--config", "missing.yml"], clean_env(**SCALINGO), tmp_path)
+
+    assert_one_line_configuration_error(result, ["--config", "missing.yml"])
+
+
+def test_bad_port_option_exits_2_naming_the_option(tmp_path: Path) -> None:
+    result = run(["--port", "http"], clean_env(**SCALINGO), tmp_path)
+
+    assert_one_line_configuration_error(result, ["--port 'http'"])
+
+
+def test_configuration_error_does_not_print_the_token(tmp_path: Path) -> None:
+    env = clean_env(**SCALINGO, ROUTING_SYSTEM_API_ENABLED="true", ROUTING_SYSTEM_API_TOKEN="abc")
+
+    result = run([], env, tmp_path)
+
+    assert result.returncode == 2
+    assert SCALINGO_TOKEN not in result.stderr
+    assert "'abc'" not in result.stderr
+
+
+# The daemon --------------------------------------------------------------------------------
+
+
+def test_daemon_wakes_a_local_app_on_its_first_request(
+    tmp_path: Path, start_daemon: Callable[..., Daemon], app_pids: list[Path]
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("hello from http.server\n")
+    app_port = free_port()
+    pidfile = tmp_path / "hello.pid"
+    app_pids.append(pidfile)
+    command = (
+        f"echo $$ > {shlex.quote(str(pidfile))}; exec {shlex.quote(PYTHON)} -m http.server "
+        f"{app_port} --bind 127.0.0.1 --directory {shlex.quote(str(site))}"
+    )
+    (tmp_path / "paastis.yml").write_text(local_app("hello", app_port, command))
+    daemon = start_daemon({"PROVIDER_NAME": "local"}, tmp_path)
+    assert not accepts_connections(app_port)  # asleep until asked for
+
+    status, headers, body = get(daemon.port, "hello.localhost", "/index.html")
+
+    assert status == 200
+    assert body == "hello from http.server\n"
+    assert headers.get("X-Paastis-Cold-Start") == "true"
+
+
+def test_daemon_writes_json_log_lines_when_asked(
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    (tmp_path / "paastis.yml").write_text(local_app("idle", free_port(), "sleep 60"))
+    daemon = start_daemon({"PROVIDER_NAME": "local", "LOG_FORMAT": "json"}, tmp_path)
+
+    daemon.signal(signal.SIGTERM)
+    daemon.wait(within=10)
+
+    lines = daemon.stderr.splitlines()
+    assert lines
+    for line in lines:
+        entry = json.loads(line)
+        assert {"level", "logger", "message"} <= entry.keys()
+
+
+def test_sigint_exits_0(tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
+    (tmp_path / "paastis.yml").write_text(local_app("idle", free_port(), "sleep 60"))
+    daemon = start_daemon({"PROVIDER_NAME": "local"}, tmp_path)
+
+    daemon.signal(signal.SIGINT)
+
+    assert daemon.wait(within=10) == 0
+    assert "Traceback" not in daemon.stderr
+
+
+@dataclasses.dataclass
+class SigtermDuringRequest:
+    """What happened when paastis got SIGTERM while a request was in flight."""
+
+    in_flight: tuple[int, str]  # status and body of the request under way at the signal
+    refused_while_draining: bool  # new connections refused before that request ended
+    exit_code: int
+    exit_seconds: float  # from the signal to the exit
+    app_pid: int
+    app_gone_after: bool
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def sigterm_during_request(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[SigtermDuringRequest]:
+    """Runs the scenario once: the tests below each check one of its outcomes."""
+    tmp_path = tmp_path_factory.mktemp("sigterm")
+    script, marker, pidfile = tmp_path / "slow.py", tmp_path / "marker", tmp_path / "slow.pid"
+    script.write_text(SLOW_UPSTREAM)
+    app_port, port = free_port(), free_port()
+    command = " ".join(shlex.quote(str(a)) for a in (PYTHON, script, app_port, marker, pidfile))
+    (tmp_path / "paastis.yml").write_text(local_app("slow", app_port, command))
+    stderr_path = tmp_path / "paastis.err"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "paastis"],
+            env=clean_env(PROVIDER_NAME="local", HOST="127.0.0.1", PORT=str(port)),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    daemon = Daemon(proc, port, stderr_path)
+    try:
+        yield run_sigterm_scenario(daemon, marker, pidfile)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        if pidfile.exists() and process_running(pid := int(pidfile.read_text())):
+            os.kill(pid, signal.SIGKILL)
+
+
+def run_sigterm_scenario(daemon: Daemon, marker: Path, pidfile: Path) -> SigtermDuringRequest:
+    daemon.wait_listening()
+    assert get(daemon.port, "slow.localhost", "/")[0] == 200  # woken, ready
+    app_pid = int(pidfile.read_text())
+    outcome: dict[str, tuple[int, str]] = {}
+
+    def in_flight_request() -> None:
+        status, _, body = get(daemon.port, "slow.localhost", "/slow")
+        outcome["response"] = (status, body)
+
+    request = threading.Thread(target=in_flight_request, daemon=True)
+    request.start()
+    wait_until(marker.exists, within=10, what="the slow request to reach the app")
+
+    daemon.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    refused = False
+    # The app holds the request 1.5 s: the listener must close well before it answers.
+    while request.is_alive() and time.monotonic() - signalled < 1.2:
+        if not accepts_connections(daemon.port):
+            refused = request.is_alive()
+            break
+        time.sleep(0.02)
+    request.join(timeout=RUN_TIMEOUT)
+    exit_code = daemon.wait(within=15)
+    exit_seconds = time.monotonic() - signalled
+    deadline = time.monotonic() + 5
+    while process_running(app_pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return SigtermDuringRequest(
+        in_flight=outcome.get("response", (0, "no response")),
+        refused_while_draining=refused,
+        exit_code=exit_code,
+        exit_seconds=exit_seconds,
+        app_pid=app_pid,
+        app_gone_after=not process_running(app_pid),
+        stderr=daemon.stderr,
+    )
+
+
+def test_sigterm_lets_the_in_flight_request_finish(
+    sigterm_during_request: SigtermDuringRequest,
+) -> None:
+    assert sigterm_during_request.in_flight == (200, "done /slow")
+
+
+def test_sigterm_refuses_new_connections_while_draining(
+    sigterm_during_request: SigtermDuringRequest,
+) -> None:
+    assert sigterm_during_request.refused_while_draining
+
+
+def test_sigterm_exits_0_within_a_bound(sigterm_during_request: SigtermDuringRequest) -> None:
+    assert sigterm_during_request.exit_code == 0, sigterm_during_request.stderr
+    assert sigterm_during_request.exit_seconds < 10
+    assert "Traceback" not in sigterm_during_request.stderr
+
+
+def test_sigterm_stops_the_spawned_app_process(
+    sigterm_during_request: SigtermDuringRequest,
+) -> None:
+    assert sigterm_during_request.app_gone_after
