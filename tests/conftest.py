@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from emulators.upstream import UpstreamApp
 from harness import RunningPaastis, start_paastis
+from redis_support import redis_db, redis_server, redis_server_factory  # noqa: F401
 
 StartPaastis = Callable[..., Awaitable[RunningPaastis]]
 
