@@ -194,11 +194,13 @@ async def test_instance_that_did_not_stop_the_app_wakes_it_on_the_next_request(
         assert "X-Paastis-Cold-Start" not in response.headers
     await asyncio.sleep(SHORT_IDLE_SECONDS)
     assert (await a.tick()).stopped == ["shared"]
+    provider_calls = len(emulator.log)
 
     async def b_knows_it_sleeps() -> bool:
         return b.server.catalog.lookup("shared").state.value == "stopped"
 
-    await eventually(b_knows_it_sleeps, "instance B hears of the stop")  # no listing by B
+    await eventually(b_knows_it_sleeps, "instance B hears of the stop")
+    assert len(emulator.log) == provider_calls, "B learnt it from the event, not the provider"
     async with b.get("shared.example.net") as response:
         assert response.status == 200
         assert response.headers.get("X-Paastis-Cold-Start") == "true"
