@@ -423,6 +423,15 @@ def test_bad_port_option_exits_2_naming_the_option(tmp_path: Path) -> None:
     assert_one_line_configuration_error(result, ["--port 'http'"])
 
 
+def test_unknown_option_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = run(["--colour"], clean_env(**SCALINGO), tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "paastis: error: unrecognized arguments: --colour (see --help)"
+    ]
+
+
 def test_configuration_error_does_not_print_the_token(tmp_path: Path) -> None:
     env = clean_env(**SCALINGO, ROUTING_SYSTEM_API_ENABLED="true", ROUTING_SYSTEM_API_TOKEN="abc")
 
@@ -493,6 +502,7 @@ class SigtermDuringRequest:
     in_flight: tuple[int, str]  # status and body of the request under way at the signal
     refused_while_draining: bool  # new connections refused before that request ended
     exit_code: int
+    health_while_draining: int  # the admin listener's /health status meanwhile
     exit_seconds: float  # from the signal to the exit
     app_pid: int
     app_gone_after: bool
@@ -507,14 +517,16 @@ def sigterm_during_request(
     tmp_path = tmp_path_factory.mktemp("sigterm")
     script, marker, pidfile = tmp_path / "slow.py", tmp_path / "marker", tmp_path / "slow.pid"
     script.write_text(SLOW_UPSTREAM)
-    app_port, port = free_port(), free_port()
+    app_port, port, admin_port = free_port(), free_port(), free_port()
     command = " ".join(shlex.quote(str(a)) for a in (PYTHON, script, app_port, marker, pidfile))
     (tmp_path / "paastis.yml").write_text(local_app("slow", app_port, command))
     stderr_path = tmp_path / "paastis.err"
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
             [PYTHON, "-m", "paastis"],
-            env=clean_env(PROVIDER_NAME="local", HOST="127.0.0.1", PORT=str(port)),
+            env=clean_env(
+                PROVIDER_NAME="local", HOST="127.0.0.1", PORT=str(port), ADMIN_PORT=str(admin_port)
+            ),
             cwd=tmp_path,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -522,7 +534,7 @@ def sigterm_during_request(
         )
     daemon = Daemon(proc, port, stderr_path)
     try:
-        yield run_sigterm_scenario(daemon, marker, pidfile)
+        yield run_sigterm_scenario(daemon, admin_port, marker, pidfile)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -531,8 +543,11 @@ def sigterm_during_request(
             os.kill(pid, signal.SIGKILL)
 
 
-def run_sigterm_scenario(daemon: Daemon, marker: Path, pidfile: Path) -> SigtermDuringRequest:
+def run_sigterm_scenario(
+    daemon: Daemon, admin_port: int, marker: Path, pidfile: Path
+) -> SigtermDuringRequest:
     daemon.wait_listening()
+    assert get(admin_port, "localhost", "/health")[0] == 200
     assert get(daemon.port, "slow.localhost", "/")[0] == 200  # woken, ready
     app_pid = int(pidfile.read_text())
     outcome: dict[str, tuple[int, str]] = {}
@@ -554,6 +569,7 @@ def run_sigterm_scenario(daemon: Daemon, marker: Path, pidfile: Path) -> Sigterm
             refused = request.is_alive()
             break
         time.sleep(0.02)
+    health = get(admin_port, "localhost", "/health")[0] if request.is_alive() else 0
     request.join(timeout=RUN_TIMEOUT)
     exit_code = daemon.wait(within=15)
     exit_seconds = time.monotonic() - signalled
@@ -563,6 +579,7 @@ def run_sigterm_scenario(daemon: Daemon, marker: Path, pidfile: Path) -> Sigterm
     return SigtermDuringRequest(
         in_flight=outcome.get("response", (0, "no response")),
         refused_while_draining=refused,
+        health_while_draining=health,
         exit_code=exit_code,
         exit_seconds=exit_seconds,
         app_pid=app_pid,
@@ -581,6 +598,12 @@ def test_sigterm_refuses_new_connections_while_draining(
     sigterm_during_request: SigtermDuringRequest,
 ) -> None:
     assert sigterm_during_request.refused_while_draining
+
+
+def test_admin_health_answers_503_while_draining(
+    sigterm_during_request: SigtermDuringRequest,
+) -> None:
+    assert sigterm_during_request.health_while_draining == 503
 
 
 def test_sigterm_exits_0_within_a_bound(sigterm_during_request: SigtermDuringRequest) -> None:

@@ -108,6 +108,72 @@ def test_minimal_scalingo_configuration_has_the_documented_defaults(cwd: Path) -
     assert s.rules.default_max_idle_time == 15
 
 
+def test_every_variable_is_read(cwd: Path) -> None:
+    env = {
+        **SCALINGO,
+        "HOST": "127.0.0.1",
+        "PORT": "8080",
+        "REGISTRY_TYPE": "redis",
+        "REGISTRY_REDIS_URL": "redis://127.0.0.1:6390/1",
+        "REGISTRY_REDIS_PREFIX": "staging:",
+        "REGISTRY_IGNORED_APPS": "a,b",
+        "START_AND_STOP_CHECKING_INTERVAL_CRON": "*/2 * * * *",
+        "START_AND_STOP_MAX_IDLE_TIME": "45",
+        "PROVIDER_REGION": "osc-secnum-fr1",
+        "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "90",
+        "PROVIDER_SCALINGO_API_URL": "http://127.0.0.1:9001/",
+        "PROVIDER_SCALINGO_AUTH_URL": "http://127.0.0.1:9002",
+        "HOOKS_BEFORE_START": "echo 1",
+        "HOOKS_AFTER_START": "echo 2",
+        "HOOKS_BEFORE_STOP": "echo 3",
+        "HOOKS_AFTER_STOP": "echo 4",
+        "HOOKS_TIMEOUT": "5",
+        "ROUTING_SYSTEM_API_ENABLED": "true",
+        "ROUTING_SYSTEM_API_TOKEN": SYSTEM_TOKEN,
+        "UPSTREAM_URL_TEMPLATE": "https://{app}.example.net",
+        "PROXY_WAKE_STRATEGY": "blocking",
+        "PROXY_READINESS_PATH": "/health",
+        "PROXY_NO_WAKE_USER_AGENTS": "(?i)probe",
+        "ADMIN_HOST": "127.0.0.2",
+        "ADMIN_PORT": "9100",
+        "UPSTREAM_TLS_VERIFY": "false",
+        "PROXY_CONNECT_TIMEOUT": "2",
+        "PROXY_READ_TIMEOUT": "20",
+        "PROXY_MAX_CONNECTION_LIFETIME": "3600",
+        "LOG_LEVEL": "debug",
+        "LOG_FORMAT": "json",
+    }
+
+    s = load(env, cwd)
+
+    assert (s.host, s.port) == ("127.0.0.1", 8080)
+    assert (s.registry_type, s.redis_url, s.redis_prefix) == (
+        "redis",
+        "redis://127.0.0.1:6390/1",
+        "staging:",
+    )
+    assert s.ignored_apps == {"a", "b"}
+    assert (s.cron, s.max_idle_time) == ("*/2 * * * *", 45)
+    assert (s.provider.region, s.provider.operation_timeout) == ("osc-secnum-fr1", 90)
+    assert s.provider.scalingo_api_url == "http://127.0.0.1:9001"
+    assert s.provider.scalingo_auth_url == "http://127.0.0.1:9002"
+    assert list(s.hooks.values()) == ["echo 1", "echo 2", "echo 3", "echo 4"]
+    assert s.hooks_timeout == 5
+    assert (s.system_api_enabled, s.system_api_token) == (True, SYSTEM_TOKEN)
+    assert s.upstream_url_template == "https://{app}.example.net"
+    assert (s.wake_strategy, s.readiness_path) == ("blocking", "/health")
+    assert s.no_wake_user_agents is not None
+    assert s.no_wake_user_agents.pattern == "(?i)probe"
+    assert (s.admin_host, s.admin_port) == ("127.0.0.2", 9100)
+    assert s.upstream_tls_verify is False
+    assert (s.connect_timeout, s.read_timeout, s.max_connection_lifetime) == (2, 20, 3600)
+    assert (s.log_level, s.log_format) == ("debug", "json")
+
+
+def test_empty_no_wake_pattern_turns_the_filter_off(cwd: Path) -> None:
+    assert load({**SCALINGO, "PROXY_NO_WAKE_USER_AGENTS": ""}, cwd).no_wake_user_agents is None
+
+
 def test_minimal_local_configuration_reads_paastis_yml_from_the_working_directory(
     cwd: Path,
 ) -> None:

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from paastis import __version__
 from paastis.config import CommandLine, Settings, describe, load_settings, parse_url
@@ -18,8 +19,14 @@ from paastis.logs import configure_logging
 EXIT_CONFIG_ERROR = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, like every other configuration error (argparse would add the usage).
+        self.exit(EXIT_CONFIG_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="paastis",
         description="A reverse proxy that puts idle PaaS apps to sleep and wakes them on demand.",
     )
