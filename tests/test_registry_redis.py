@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from redis_support import RedisDatabase, RedisServer
 
 # The redis-server fixtures (redis_server, redis_db, redis_server_factory).
-pytest_plugins = ["redis_support"]
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 WAIT = 5.0  # upper bound of every wait; the happy path takes a fraction of it
