@@ -24,8 +24,7 @@ from paastis.registry.redis import to_micros
 if TYPE_CHECKING:
     from redis_support import RedisDatabase, RedisServer
 
-# The redis-server fixtures (redis_server, redis_db, redis_server_factory).
-pytest_plugins = ["redis_support"]
+# The redis-server fixtures (redis_db, redis_server_factory) come from conftest.
 
 TOKEN = "tk-us-emulated-token"
 SYSTEM_TOKEN = "s3cret-system-token-0123"
