@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import re
@@ -335,6 +336,7 @@ async def pump_both_ways(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@functools.lru_cache(maxsize=4096)
 def app_key(host: str | None) -> str | None:
     """The first label of the host name, lowercased, without port; None for an IP or nothing."""
     if not host:
@@ -343,7 +345,8 @@ def app_key(host: str | None) -> str | None:
     if host.startswith("["):
         return None  # an IPv6 literal
     name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    if not name or is_ip_address(name) or ":" in name:
+    # A host name never ends with a digit (TLDs are letters): only then can it be an IPv4.
+    if not name or ":" in name or (name[-1].isdigit() and is_ip_address(name)):
         return None
     key = name.split(".", 1)[0].lower()
     return key or None

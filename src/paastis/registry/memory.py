@@ -14,6 +14,8 @@ from paastis.registry import RunningApp
 class InMemoryRegistry:
     def __init__(self) -> None:
         self._apps: dict[str, RunningApp] = {}
+        # Kept apart so the hot path's stamp is a dict write, not a new RunningApp.
+        self._last_access: dict[str, datetime] = {}
         self._formations: dict[str, Formation] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -28,27 +30,31 @@ class InMemoryRegistry:
         return True
 
     async def get(self, name: str) -> RunningApp | None:
-        return self._apps.get(name)
+        app = self._apps.get(name)
+        return app.stamped(self._last_access[name]) if app is not None else None
 
     async def list(self) -> list[RunningApp]:
-        return list(self._apps.values())
+        return [app.stamped(self._last_access[name]) for name, app in self._apps.items()]
 
     async def register(self, app: RunningApp) -> bool:
         if app.name in self._apps:
             return False
         self._apps[app.name] = app
+        self._last_access[app.name] = app.last_accessed_at
         return True
 
     async def unregister(self, name: str) -> None:
         self._apps.pop(name, None)
+        self._last_access.pop(name, None)
 
     async def clear(self) -> None:
         self._apps.clear()
+        self._last_access.clear()
 
     def stamp(self, name: str, when: datetime) -> None:
-        app = self._apps.get(name)
-        if app is not None:
-            self._apps[name] = app.stamped(when)
+        last = self._last_access.get(name)
+        if last is not None and when > last:
+            self._last_access[name] = when
 
     async def remember_formation(self, name: str, formation: Formation | None) -> None:
         if formation:
