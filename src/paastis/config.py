@@ -267,6 +267,9 @@ def cron_expression(env: Environment) -> str:
 def is_redis_url(url: URL | None) -> bool:
     if url is None:
         return False
+    # `?db=` is read by redis-py for every scheme, and a bad one fails only at start-up.
+    if any(not value.isdigit() for value in url.query.getall("db", [])):
+        return False
     if url.scheme == "unix":
         return bool(url.path.strip("/"))
     # The path, when there is one, is the database number.
