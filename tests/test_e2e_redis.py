@@ -484,6 +484,7 @@ async def test_redis_url_with_password_and_database_number_is_used(
         "redis://:pw-0123456789@127.0.0.1:6379/not-a-db",
         "redis://:pw-0123456789@127.0.0.1:6379/1/2",
         "redis://:pw-0123456789@127.0.0.1:99999/0",
+        "unix:///tmp/redis.sock?db=three",
     ],
 )
 def test_bad_redis_url_is_a_configuration_error_that_hides_the_password(tmp_path: Path, url: str):
