@@ -1,21 +1,24 @@
 """Measures the proxy's hot path: requests/s and latency through paastis vs. the app directly.
 
-Everything runs on loopback: a small upstream app, paastis (local provider, app already
-running), and a bounded load generator. Run from the project root:
+Three processes on loopback: a small upstream app, paastis (the real command line, `local`
+provider, app already awake), and this load generator (bounded in count and time).
+Run from the project root:
 
-    python bench/proxy_bench.py --requests 5000 --concurrency 50
+    python bench/proxy_bench.py --requests 10000 --concurrency 50
 
-It prints one line per target and paastis' resident memory. Numbers depend on the machine;
-compare the two lines of one run, not runs of different machines.
+It prints one line per target and paastis' resident memory before and after the load.
+Numbers depend on the machine: compare the lines of one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
+import os
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +27,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from paastis.config import CommandLine, load_settings
-from paastis.server import Server
+RESPONSE_SIZE = 1024
 
 
 def free_port() -> int:
@@ -34,8 +36,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def upstream_app(port: int) -> web.AppRunner:
-    payload = b"x" * 1024
+def serve_upstream(port: int) -> None:
+    payload = b"x" * RESPONSE_SIZE
 
     async def handle(request: web.Request) -> web.Response:
         await request.read()
@@ -43,10 +45,20 @@ async def upstream_app(port: int) -> web.AppRunner:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise TimeoutError(f"nothing listens on port {port}")
 
 
 async def load(url: str, host: str, requests: int, concurrency: int) -> tuple[float, list[float]]:
@@ -60,13 +72,12 @@ async def load(url: str, host: str, requests: int, concurrency: int) -> tuple[fl
                 started = time.perf_counter()
                 async with session.get(url, headers={"Host": host}) as response:
                     await response.read()
-                    assert response.status == 200, response.status
+                    if response.status != 200:
+                        raise RuntimeError(f"{url} answered {response.status}")
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        await asyncio.wait_for(
-            asyncio.gather(*(worker() for _ in range(concurrency))), timeout=600
-        )
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), 600)
         elapsed = time.perf_counter() - started
     return elapsed, latencies
 
@@ -75,12 +86,19 @@ def report(label: str, requests: int, elapsed: float, latencies: list[float]) ->
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    print(f"{label:<10} {requests / elapsed:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
+    print(f"{label:<8} {requests / elapsed:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 async def main(requests: int, concurrency: int) -> None:
-    app_port = free_port()
-    runner = await upstream_app(app_port)
+    app_port, proxy_port = free_port(), free_port()
+    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(app_port)])
     with tempfile.TemporaryDirectory() as tmp:
         rules = Path(tmp) / "paastis.yml"
         rules.write_text(
@@ -88,33 +106,43 @@ async def main(requests: int, concurrency: int) -> None:
             f"    upstream: 'http://127.0.0.1:{app_port}'\n"
             "    start: 'true'\n    stop: 'true'\n    status: 'true'\n"
         )
-        settings = load_settings(
-            CommandLine(config=rules, port=free_port(), host="127.0.0.1"),
-            {"PROVIDER_NAME": "local", "LOG_LEVEL": "warning", "PROXY_READINESS_PATH": ""},
-            cwd=Path(tmp),
+        env = {
+            **os.environ,
+            "PROVIDER_NAME": "local",
+            "HOST": "127.0.0.1",
+            "PORT": str(proxy_port),
+            "LOG_LEVEL": "warning",
+        }
+        proxy = subprocess.Popen(
+            [sys.executable, *os.environ.get("BENCH_PYTHON_ARGS", "").split(), "-m", "paastis", "--config", str(rules)], env=env, cwd=tmp
         )
-        server = Server(settings)
-        await server.start()
         try:
-            await server.lifecycle.ensure_running("bench")
-            proxied = f"http://127.0.0.1:{server.main_port}/item?id=1"
+            await wait_for_port(app_port)
+            await wait_for_port(proxy_port)
+            proxied = f"http://127.0.0.1:{proxy_port}/item?id=1"
             direct = f"http://127.0.0.1:{app_port}/item?id=1"
-            await load(proxied, "bench.localhost", 200, 10)  # warm up
-            elapsed, latencies = await load(direct, "bench.localhost", requests, concurrency)
-            report("direct", requests, elapsed, latencies)
-            elapsed, latencies = await load(proxied, "bench.localhost", requests, concurrency)
-            report("paastis", requests, elapsed, latencies)
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(f"max RSS of this process (load generator + paastis + upstream): {rss:.0f} MiB")
+            await load(proxied, "bench.localhost", 500, 10)  # wakes the app, warms up
+            idle_rss = rss_mib(proxy.pid)
+            report("direct", requests, *await load(direct, "bench", requests, concurrency))
+            report("paastis", requests, *await load(proxied, "bench.localhost", requests, concurrency))
+            print(f"paastis RSS: {idle_rss:.0f} MiB warm, {rss_mib(proxy.pid):.0f} MiB after load")
         finally:
-            await server.shutdown()
-            await runner.cleanup()
+            for process in (proxy, upstream):
+                process.send_signal(signal.SIGTERM)
+            for process in (proxy, upstream):
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.concurrency))
-    sys.exit(0)
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream)
+    else:
+        asyncio.run(main(args.requests, args.concurrency))

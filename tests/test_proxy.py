@@ -123,7 +123,7 @@ class ProbeUpstream:
 
     async def broken_stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
-        response.content_length = 1000
+        response.content_length = int(request.query.get("length", "1000"))
         await response.prepare(request)
         await response.write(b"x" * 100)
         await asyncio.sleep(0.05)
@@ -582,11 +582,20 @@ async def test_response_chunks_arrive_before_the_upstream_finishes(scalingo, pro
     assert rest == b"rest\n"
 
 
-async def test_upstream_dying_mid_answer_breaks_the_clients_answer(scalingo, probe, paastis):
+async def test_upstream_dying_mid_small_answer_is_a_clean_502(scalingo, probe, paastis):
+    # A small body is read before anything is sent, so the client can get a real error.
+    proxy = await proxied(scalingo, probe, paastis)
+
+    async with proxy.get("web.example.net", "/broken-stream") as response:
+        assert response.status == 502
+
+
+async def test_upstream_dying_mid_large_answer_breaks_the_clients_answer(scalingo, probe, paastis):
     proxy = await proxied(scalingo, probe, paastis)
 
     with pytest.raises(aiohttp.ClientPayloadError):
-        async with proxy.get("web.example.net", "/broken-stream") as response:
+        path = "/broken-stream?length=10000000"
+        async with proxy.get("web.example.net", path) as response:
             await asyncio.wait_for(response.read(), timeout=5)
 
 

@@ -44,6 +44,8 @@ SYSTEM_HEADERS = frozenset({"paastisproxytarget", "paastisproxysystemapitoken"})
 # answered to the client before the body is streamed.
 OWN_HEADERS = frozenset({"host", "expect"})
 RETRY_AFTER_ON_WAKE_TIMEOUT = "10"
+# Bodies up to this size (with a Content-Length) are sent with the headers in one write.
+SMALL_BODY = 64 * 1024
 WS_MESSAGE_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
 
 SystemHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -203,15 +205,27 @@ class Proxy:
             log.warning("upstream %s unreachable: %s", url.origin(), exc)
             return text_response(502, "paastis: the app is unreachable\n")
         async with upstream:
-            response = web.StreamResponse(
-                status=upstream.status,
-                reason=upstream.reason,
-                headers=downstream_headers(upstream.headers, URL(base), request),
-            )
+            headers = downstream_headers(upstream.headers, URL(base), request)
             if cold:
-                response.headers["X-Paastis-Cold-Start"] = "true"
-            if upstream.content_length is not None and "Content-Length" in upstream.headers:
-                response.content_length = upstream.content_length
+                headers["X-Paastis-Cold-Start"] = "true"
+            length = upstream.content_length
+            known_length = length is not None and "Content-Length" in upstream.headers
+            if known_length and length <= SMALL_BODY and request.method != "HEAD":
+                # A small body goes out with the headers in one write (one syscall).
+                try:
+                    body = await upstream.read()
+                except (aiohttp.ClientError, ConnectionResetError) as exc:
+                    # Nothing was sent yet, so the client can still get a clean error.
+                    log.warning("upstream answer broke: %s", exc)
+                    return text_response(502, "paastis: the app's answer broke off\n")
+                return web.Response(
+                    status=upstream.status, reason=upstream.reason, headers=headers, body=body
+                )
+            response = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason, headers=headers
+            )
+            if known_length:
+                response.content_length = length
             await response.prepare(request)
             await self._stream_body(request, upstream, response)
             return response
