@@ -313,3 +313,20 @@ async def test_events_tell_the_story_of_a_stop_and_a_wake(scalingo, upstream_fac
         "APP_STARTED",
     ]
     assert json.dumps(events)  # plain JSON
+
+
+async def test_a_renaming_rule_wakes_its_own_linked_apps(scalingo, upstream_factory, paastis):
+    emulator, api_url = scalingo
+    _, blog_server = await upstream_factory("my-blog-prod")
+    emulator.add_app("my-blog-prod", status="stopped", base_url=url_of(blog_server))
+    emulator.add_app("my-blog-db", status="stopped")
+    rules = (
+        "rules:\n  - pattern: '^blog$'\n    app_name: my-blog-prod\n    linked_apps: [my-blog-db]\n"
+    )
+    proxy = await paastis(scalingo_env(api_url, PROXY_READINESS_PATH=""), rules=rules)
+
+    async with proxy.get("blog.example.net") as response:
+        assert response.status == 200
+
+    assert emulator.count("scale", app="my-blog-db") == 1
+    assert emulator.status_of("my-blog-db") == "running"

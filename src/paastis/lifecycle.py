@@ -31,7 +31,7 @@ from paastis.providers import (
     WakeTimeout,
 )
 from paastis.registry import Registry, RunningApp
-from paastis.rules import RuleSet
+from paastis.rules import Route, RuleSet
 
 log = logging.getLogger("paastis.lifecycle")
 
@@ -120,6 +120,13 @@ class Lifecycle:
         for name in linked_apps:
             self.registry.stamp(name, now)
 
+    def linked_apps(self, app_name: str, route: Route) -> tuple[str, ...]:
+        """The app's linked apps, with those of the request key's rule (`route`)."""
+        own = self.rules.resolve(app_name).linked_apps
+        if route.app_name != app_name or not route.linked_apps:
+            return own
+        return tuple(dict.fromkeys((*route.linked_apps, *own)))
+
     def upstream_url(self, app: PaasApp) -> str | None:
         """The rule's upstream, else UPSTREAM_URL_TEMPLATE, else the provider's URL."""
         route = self.rules.resolve(app.name)
@@ -145,17 +152,18 @@ class Lifecycle:
 
     # --- waking -----------------------------------------------------------------------------
 
-    async def ensure_running(self, app_name: str) -> bool:
+    async def ensure_running(self, app_name: str, linked_apps: Iterable[str] = ()) -> bool:
         """Returns once the app (and its linked apps) run; True when it had to wake them.
 
-        Concurrent callers share one wake per app.
+        `linked_apps` adds the request key's own linked apps (its rule may name the app
+        differently). Concurrent callers share one wake per app.
         """
         app = self.catalog.lookup(app_name)
         if app is not None and app.state is AppState.UNKNOWN:
             app = await self.catalog.fetch(app_name)
         if app is not None and app.state is AppState.RUNNING:
             return False
-        linked = self.rules.linked_closure(app_name)
+        linked = self.rules.linked_closure(app_name, also=linked_apps)
         results = await asyncio.gather(
             self.wake(app_name),
             *(self.wake(name) for name in linked if not self._is_running(name)),
@@ -168,9 +176,9 @@ class Lifecycle:
             raise results[0]
         return True
 
-    def wake_in_background(self, app_name: str) -> None:
+    def wake_in_background(self, app_name: str, linked_apps: Iterable[str] = ()) -> None:
         """Starts the wake without waiting for it (the waiting page's case)."""
-        task = asyncio.ensure_future(self.ensure_running(app_name))
+        task = asyncio.ensure_future(self.ensure_running(app_name, linked_apps))
         task.add_done_callback(_consume_exception)
 
     async def wake(self, app_name: str) -> None:

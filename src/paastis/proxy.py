@@ -19,6 +19,7 @@ from yarl import URL
 from paastis.lifecycle import Lifecycle
 from paastis.metrics import Metrics
 from paastis.providers import AppNotFound, AppState, PaasApp, ProviderError, WakeTimeout
+from paastis.rules import Route
 from paastis.waiting_page import is_browser_navigation, waiting_page
 
 access_log = logging.getLogger("paastis.access")
@@ -88,8 +89,9 @@ class Proxy:
         key = app_key(request.host)
         if key is None:
             return text_response(400, "paastis: the request has no usable Host header\n")
-        app_name = self._lifecycle.rules.resolve(key).app_name
-        outcome = RequestOutcome(app=app_name)
+        route = self._lifecycle.rules.resolve(key)
+        app_name = route.app_name
+        outcome = RequestOutcome(app=app_name, route=route)
         try:
             response = await self._serve(request, app_name, outcome)
             outcome.status = response.status
@@ -125,13 +127,13 @@ class Proxy:
         if app_name in self._policy.ignored_apps:
             if app.state is not AppState.RUNNING:
                 return text_response(503, f"paastis: {app_name} is not running\n")
-            return await self._forward(request, app, managed=False)
+            return await self._forward(request, app, outcome.route, managed=False)
         if app.state is not AppState.RUNNING:
             early = await self._wake(request, app_name, outcome)
             if early is not None:
                 return early
             app = lifecycle.catalog.lookup(app_name) or app
-        return await self._forward(request, app, managed=True, cold=outcome.cold)
+        return await self._forward(request, app, outcome.route, managed=True, cold=outcome.cold)
 
     async def _wake(
         self, request: web.Request, app_name: str, outcome: RequestOutcome
@@ -145,10 +147,10 @@ class Proxy:
             response.headers["X-Paastis-App-State"] = "sleeping"
             return response
         if self._policy.wake_strategy == "auto" and is_browser_navigation(request):
-            self._lifecycle.wake_in_background(app_name)
+            self._lifecycle.wake_in_background(app_name, outcome.route.linked_apps)
             return waiting_page(app_name)
         try:
-            outcome.cold = await self._lifecycle.ensure_running(app_name)
+            outcome.cold = await self._lifecycle.ensure_running(app_name, outcome.route.linked_apps)
         except AppNotFound:
             return text_response(404, f"paastis: no app named {app_name}\n")
         except WakeTimeout:
@@ -160,15 +162,22 @@ class Proxy:
         return None
 
     async def _forward(
-        self, request: web.Request, app: PaasApp, *, managed: bool, cold: bool = False
+        self,
+        request: web.Request,
+        app: PaasApp,
+        route: Route,
+        *,
+        managed: bool,
+        cold: bool = False,
     ) -> web.StreamResponse:
         lifecycle = self._lifecycle
         try:
-            base = await lifecycle.resolve_upstream(app)
+            # The request key's rule first: it may name the app differently.
+            base = route.upstream or await lifecycle.resolve_upstream(app)
         except ProviderError as exc:
             log.error("no upstream for %s: %s", app.name, exc)
             return text_response(502, f"paastis: no upstream known for {app.name}\n")
-        linked = lifecycle.rules.resolve(app.name).linked_apps if managed else ()
+        linked = lifecycle.linked_apps(app.name, route) if managed else ()
         if managed:
             lifecycle.touch(app.name, linked)
         lifecycle.activity.begin(app.name)
@@ -313,6 +322,7 @@ class Proxy:
 @dataclass
 class RequestOutcome:
     app: str
+    route: Route
     status: int = 500
     cold: bool = False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,11 +82,12 @@ class RuleSet:
         linked = tuple(dict.fromkeys(name for name in linked if name and name != app_name))
         return Route(app_name, max_idle, linked, upstream, readiness)
 
-    def linked_closure(self, app_name: str) -> tuple[str, ...]:
-        """Every app linked to `app_name`, transitively, without `app_name` (cycles end)."""
+    def linked_closure(self, app_name: str, also: Iterable[str] = ()) -> tuple[str, ...]:
+        """Every app linked to `app_name` (and to `also`, the request key's linked apps),
+        transitively, without `app_name` (cycles end)."""
         seen = {app_name}
         order: list[str] = []
-        pending = list(self.resolve(app_name).linked_apps)
+        pending = [*self.resolve(app_name).linked_apps, *also]
         while pending:
             name = pending.pop(0)
             if name in seen:
