@@ -207,6 +207,36 @@ async def test_instance_that_did_not_stop_the_app_wakes_it_on_the_next_request(
     assert emulator.status_of("shared") == "running"
 
 
+async def test_request_on_another_instance_during_a_stop_waits_for_it_then_wakes_the_app(
+    scalingo, redis_db: RedisDatabase, upstream_factory, paastis
+):
+    emulator, api_url = scalingo
+    _upstream, upstream_server = await upstream_factory("racy")
+    emulator.add_app("racy", base_url=url_of(upstream_server))
+    a, b = (
+        await paastis(redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=SHORT_IDLE)),
+        await paastis(redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=SHORT_IDLE)),
+    )
+    await settle([a, b])
+    await asyncio.sleep(SHORT_IDLE_SECONDS)
+    emulator.boot_delay = 1.0  # A's stop takes a second
+    stopping = asyncio.ensure_future(a.tick())
+
+    async def b_knows_a_stop_began() -> bool:
+        return b.server.catalog.lookup("racy").state.value == "stopped"
+
+    await eventually(b_knows_a_stop_began, "instance B hears that a stop began")
+    assert not stopping.done(), "the stop should still be under way"
+    emulator.boot_delay = 0.2
+    async with b.get("racy.example.net") as response:
+        assert response.status == 200
+        # Held until A's stop ended, then woken: never forwarded to containers going down.
+        assert response.headers.get("X-Paastis-Cold-Start") == "true"
+    assert (await asyncio.wait_for(stopping, WAIT)).stopped == ["racy"]
+    assert emulator.count("scale", app="racy") == 2  # A's stop, then B's start
+    assert emulator.status_of("racy") == "running"
+
+
 # --- keys, restart, stamping cost ------------------------------------------------------------
 
 

@@ -17,6 +17,10 @@ APP_STARTED = "APP_STARTED"
 APP_STOPPED = "APP_STOPPED"
 APP_START_FAILED = "APP_START_FAILED"
 APP_STOP_FAILED = "APP_STOP_FAILED"
+# Tells the other paastis instances that a stop begins, so they hold new requests for the app
+# instead of forwarding them to containers going down. Not shown by the system API.
+APP_STOPPING = "APP_STOPPING"
+INTERNAL_EVENTS = frozenset({APP_STOPPING})
 
 
 @dataclass(frozen=True)

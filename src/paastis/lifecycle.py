@@ -295,8 +295,10 @@ class Lifecycle:
     async def _stop(self, app_name: str) -> bool:
         started = self._clock()
         previous = self.catalog.lookup(app_name)
-        # Requests arriving from now on wait for this stop to end, then wake the app.
+        # Requests arriving from now on (on every instance) wait for this stop to end, then
+        # wake the app.
         self.catalog.set_state(app_name, AppState.STOPPED)
+        await self.events.record(events.APP_STOPPING, app_name)
         log.info("stopping %s", app_name)
         await self._run_hook("before_stop", app_name)
         try:
@@ -399,8 +401,11 @@ class Lifecycle:
         """Keeps the catalog true to the starts and stops of every paastis instance."""
         if event.name == events.APP_STARTED:
             self.catalog.set_state(event.oid, AppState.RUNNING)
-        elif event.name == events.APP_STOPPED:
+        elif event.name in (events.APP_STOPPING, events.APP_STOPPED):
             self.catalog.set_state(event.oid, AppState.STOPPED)
+        elif event.name == events.APP_STOP_FAILED and not self._app_lock(event.oid).locked():
+            # Another instance's stop failed: the app's state is unknown until asked again.
+            self.catalog.set_state(event.oid, AppState.UNKNOWN)
 
 
 def _as_provider_error(exc: BaseException, provider: str, app: str) -> BaseException:

@@ -135,7 +135,7 @@ async def run_shell(
     command: str,
     *,
     env: Mapping[str, str] | None = None,
-    timeout: float,  # noqa: ASYNC109 -- the contract's signature; enforced inside, with a kill
+    timeout: float,
     logger: logging.Logger,
     label: str,
     output_level: int = logging.INFO,

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from paastis.events import iso_utc
+from paastis.events import INTERNAL_EVENTS, iso_utc
 from paastis.lifecycle import Lifecycle
 from paastis.metrics import CONTENT_TYPE, Metrics
 from paastis.providers import PaasApp, ProviderError
@@ -88,7 +88,9 @@ class SystemApi:
 
     async def list_events(self, request: web.Request, match: re.Match[str]) -> web.Response:
         events = await self._lifecycle.events.list()
-        return web.json_response([event.to_json() for event in events])
+        return web.json_response(
+            [event.to_json() for event in events if event.name not in INTERNAL_EVENTS]
+        )
 
     async def metrics(self, request: web.Request, match: re.Match[str]) -> web.Response:
         return metrics_response(self._metrics)
