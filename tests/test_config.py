@@ -526,6 +526,17 @@ def test_system_api_token_shorter_than_16_characters_is_an_error_that_hides_it(
     assert "short-secret-15" not in message
 
 
+def test_short_system_api_token_is_an_error_even_for_the_admin_listener_alone(
+    cwd: Path,
+) -> None:
+    env = {**SCALINGO, "ADMIN_PORT": "9100", "ROUTING_SYSTEM_API_TOKEN": "short-secret-15"}
+
+    message = error_of(env, cwd)
+
+    assert "ROUTING_SYSTEM_API_TOKEN" in message
+    assert "15 characters" in message
+
+
 def test_system_api_token_of_16_characters_is_accepted(cwd: Path) -> None:
     env = {
         **SCALINGO,

@@ -22,7 +22,13 @@ from paastis.providers.local import LocalAppSpec
 from paastis.rules import MAX_IDLE_MINUTES, Rule, RuleSet, load_rules_file
 
 PROVIDERS = ("scalingo", "heroku", "clever-cloud", "local")
-HOOK_NAMES = ("before_start", "after_start", "before_stop", "after_stop")
+# Hook name -> the variable holding its shell command.
+HOOK_VARIABLES = {
+    "before_start": "HOOKS_BEFORE_START",
+    "after_start": "HOOKS_AFTER_START",
+    "before_stop": "HOOKS_BEFORE_STOP",
+    "after_stop": "HOOKS_AFTER_STOP",
+}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_NO_WAKE_USER_AGENTS = (
     r"(?i)uptimerobot|pingdom|statuscake|better ?uptime|googlebot|bingbot"
@@ -178,7 +184,7 @@ def build_settings(env: Environment, rules_file: Path | None) -> Settings:
         redis_prefix=env.get("REGISTRY_REDIS_PREFIX") or "paastis:",
         cron=cron_expression(env),
         max_idle_time=max_idle_time,
-        hooks={name: env.get(f"HOOKS_{name.upper()}") for name in HOOK_NAMES},
+        hooks={name: env.get(variable) for name, variable in HOOK_VARIABLES.items()},
         hooks_timeout=env.number("HOOKS_TIMEOUT", 60, minimum=0.1),
         system_api_enabled=system_api_enabled,
         system_api_token=system_api_token(env, system_api_enabled),
@@ -297,12 +303,14 @@ def redis_url(env: Environment) -> str:
 def system_api_token(env: Environment, enabled: bool) -> str | None:
     name = "ROUTING_SYSTEM_API_TOKEN"
     token = env.get(name)
-    if enabled and (not token or len(token) < 16):
-        shown = "unset" if not token else f"{len(token)} characters"
+    if enabled and not token:
         raise ConfigError(
             f"{name} is required with at least 16 characters when ROUTING_SYSTEM_API_ENABLED "
-            f"is true (got: {shown})"
+            "is true (got: unset)"
         )
+    # The admin listener serves the system API too: a short token is refused wherever it is used.
+    if token and len(token) < 16:
+        raise ConfigError(f"{name} must have at least 16 characters (got: {len(token)} characters)")
     return token
 
 
