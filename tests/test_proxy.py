@@ -367,6 +367,19 @@ async def test_forwarded_proto_and_host_describe_the_clients_request(scalingo, p
     assert header_values(record, "X-Forwarded-For") == ["127.0.0.1"]
 
 
+async def test_forwarded_proto_of_a_tls_terminating_load_balancer_is_kept(scalingo, probe, paastis):
+    # Behind a load balancer that terminated TLS, the app must know the client used https
+    # (or apps forcing https would redirect forever).
+    proxy = await proxied(scalingo, probe, paastis)
+
+    async with proxy.get(
+        "web.example.net", "/echo", headers={"X-Forwarded-Proto": "https"}
+    ) as response:
+        record = await response.json()
+
+    assert header_values(record, "X-Forwarded-Proto") == ["https"]
+
+
 async def test_host_is_set_to_the_upstreams(scalingo, probe, paastis):
     _upstream, server = probe
     proxy = await proxied(scalingo, probe, paastis)
@@ -819,6 +832,20 @@ async def test_monitor_never_wakes_a_sleeping_app(scalingo, probe, paastis, agen
     assert response.headers["X-Paastis-App-State"] == "sleeping"
     assert emulator.count("scale") == 0
     assert emulator.status_of("web") == "stopped"
+
+
+async def test_monitor_reaches_a_running_app_without_keeping_it_awake(scalingo, probe, paastis):
+    proxy = await proxied(scalingo, probe, paastis)
+    await proxy.tick()  # registers `web`
+    registered = await proxy.server.registry.get("web")
+    await asyncio.sleep(0.05)
+
+    monitor = "Mozilla/5.0+(compatible; UptimeRobot/2.0; http://www.uptimerobot.com/)"
+    async with proxy.get("web.example.net", "/echo", headers={"User-Agent": monitor}) as response:
+        assert response.status == 200
+
+    after = await proxy.server.registry.get("web")
+    assert after.last_accessed_at == registered.last_accessed_at
 
 
 # --- readiness --------------------------------------------------------------------------------

@@ -133,15 +133,20 @@ class Proxy:
             if early is not None:
                 return early
             app = lifecycle.catalog.lookup(app_name) or app
-        return await self._forward(request, app, outcome.route, managed=True, cold=outcome.cold)
+        # A monitor's request is served but is not activity: it must not keep the app awake.
+        managed = not self._is_monitor(request)
+        return await self._forward(request, app, outcome.route, managed=managed, cold=outcome.cold)
+
+    def _is_monitor(self, request: web.BaseRequest) -> bool:
+        pattern = self._policy.no_wake_user_agents
+        agent = request.headers.get("User-Agent")
+        return pattern is not None and bool(agent) and pattern.search(agent) is not None
 
     async def _wake(
         self, request: web.Request, app_name: str, outcome: RequestOutcome
     ) -> web.StreamResponse | None:
         """Wakes the app, or answers at once; returns the early answer, if any."""
-        agent = request.headers.get("User-Agent", "")
-        pattern = self._policy.no_wake_user_agents
-        if pattern is not None and agent and pattern.search(agent):
+        if self._is_monitor(request):
             response = text_response(503, f"paastis: {app_name} is asleep\n")
             response.headers["Retry-After"] = RETRY_AFTER_ON_WAKE_TIMEOUT
             response.headers["X-Paastis-App-State"] = "sleeping"
@@ -431,7 +436,9 @@ def upstream_headers(
     remote = request.remote or ""
     previous = ", ".join(request.headers.getall("X-Forwarded-For", []))
     headers["X-Forwarded-For"] = f"{previous}, {remote}" if previous else remote
-    headers["X-Forwarded-Proto"] = request.scheme
+    # A load balancer in front (TLS terminated there) knows the client's scheme better.
+    claimed = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+    headers["X-Forwarded-Proto"] = claimed if claimed in ("http", "https") else request.scheme
     headers["X-Forwarded-Host"] = request.host
     origin = request.headers.get("Origin")
     if origin and origin == f"{request.scheme}://{request.host}":
