@@ -96,9 +96,9 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def main(requests: int, concurrency: int) -> None:
+def main(requests: int, concurrency: int) -> None:
     app_port, proxy_port = free_port(), free_port()
-    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(app_port)])
+    python_args = os.environ.get("BENCH_PYTHON_ARGS", "").split()  # e.g. "-m cProfile -o f"
     with tempfile.TemporaryDirectory() as tmp:
         rules = Path(tmp) / "paastis.yml"
         rules.write_text(
@@ -113,27 +113,38 @@ async def main(requests: int, concurrency: int) -> None:
             "PORT": str(proxy_port),
             "LOG_LEVEL": "warning",
         }
-        proxy = subprocess.Popen(
-            [sys.executable, *os.environ.get("BENCH_PYTHON_ARGS", "").split(), "-m", "paastis", "--config", str(rules)], env=env, cwd=tmp
-        )
+        processes = [
+            subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(app_port)]),
+            subprocess.Popen(
+                [sys.executable, *python_args, "-m", "paastis", "--config", str(rules)],
+                env=env,
+                cwd=tmp,
+            ),
+        ]
         try:
-            await wait_for_port(app_port)
-            await wait_for_port(proxy_port)
-            proxied = f"http://127.0.0.1:{proxy_port}/item?id=1"
-            direct = f"http://127.0.0.1:{app_port}/item?id=1"
-            await load(proxied, "bench.localhost", 500, 10)  # wakes the app, warms up
-            idle_rss = rss_mib(proxy.pid)
-            report("direct", requests, *await load(direct, "bench", requests, concurrency))
-            report("paastis", requests, *await load(proxied, "bench.localhost", requests, concurrency))
-            print(f"paastis RSS: {idle_rss:.0f} MiB warm, {rss_mib(proxy.pid):.0f} MiB after load")
+            asyncio.run(measure(app_port, proxy_port, processes[1].pid, requests, concurrency))
         finally:
-            for process in (proxy, upstream):
+            for process in processes:
                 process.send_signal(signal.SIGTERM)
-            for process in (proxy, upstream):
+            for process in processes:
                 try:
                     process.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+async def measure(
+    app_port: int, proxy_port: int, proxy_pid: int, requests: int, concurrency: int
+) -> None:
+    await wait_for_port(app_port)
+    await wait_for_port(proxy_port)
+    proxied = f"http://127.0.0.1:{proxy_port}/item?id=1"
+    direct = f"http://127.0.0.1:{app_port}/item?id=1"
+    await load(proxied, "bench.localhost", 500, 10)  # wakes the app, warms up
+    warm_rss = rss_mib(proxy_pid)
+    report("direct", requests, *await load(direct, "bench", requests, concurrency))
+    report("paastis", requests, *await load(proxied, "bench.localhost", requests, concurrency))
+    print(f"paastis RSS: {warm_rss:.0f} MiB warm, {rss_mib(proxy_pid):.0f} MiB after load")
 
 
 if __name__ == "__main__":
@@ -145,4 +156,4 @@ if __name__ == "__main__":
     if args.serve_upstream:
         serve_upstream(args.serve_upstream)
     else:
-        asyncio.run(main(args.requests, args.concurrency))
+        main(args.requests, args.concurrency)
