@@ -6,7 +6,8 @@ Run from the project root:
 
     python bench/proxy_bench.py --requests 10000 --concurrency 50
 
-It prints one line per target and paastis' resident memory before and after the load.
+It prints one line per target, paastis' CPU time per proxied request (the steadiest figure:
+it does not depend on the load generator sharing the cores) and its resident memory.
 Numbers depend on the machine: compare the lines of one run.
 """
 
@@ -89,6 +90,12 @@ def report(label: str, requests: int, elapsed: float, latencies: list[float]) ->
     print(f"{label:<8} {requests / elapsed:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -143,7 +150,10 @@ async def measure(
     await load(proxied, "bench.localhost", 500, 10)  # wakes the app, warms up
     warm_rss = rss_mib(proxy_pid)
     report("direct", requests, *await load(direct, "bench", requests, concurrency))
+    cpu_before = cpu_seconds(proxy_pid)
     report("paastis", requests, *await load(proxied, "bench.localhost", requests, concurrency))
+    cpu_per_request = (cpu_seconds(proxy_pid) - cpu_before) / requests * 1e6
+    print(f"paastis CPU per proxied request: {cpu_per_request:.0f} µs")
     print(f"paastis RSS: {warm_rss:.0f} MiB warm, {rss_mib(proxy_pid):.0f} MiB after load")
 
 
