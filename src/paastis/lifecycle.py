@@ -10,10 +10,11 @@ import enum
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 
@@ -106,6 +107,7 @@ class Lifecycle:
         self._metrics = metrics
         self._clock = clock
         self._wakes: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._asleep_since: dict[str, float] = {}
         self._asleep_total: Counter[str] = Counter()
@@ -178,8 +180,26 @@ class Lifecycle:
 
     def wake_in_background(self, app_name: str, linked_apps: Iterable[str] = ()) -> None:
         """Starts the wake without waiting for it (the waiting page's case)."""
-        task = asyncio.ensure_future(self.ensure_running(app_name, linked_apps))
+        self._in_background(self.ensure_running(app_name, linked_apps))
+
+    def stop_in_background(self, app_name: str) -> None:
+        """Stops the app now, in use or not, without waiting (the system API's case)."""
+        self._in_background(self.stop(app_name, only_if_idle=False))
+
+    def _in_background(self, operation: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(operation)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         task.add_done_callback(_consume_exception)
+
+    async def drain(self, timeout: float) -> None:
+        """Lets the wakes and stops under way finish (bounded), for a graceful shutdown."""
+        pending = {*self._background, *self._wakes.values()}
+        if pending:
+            log.info("waiting for %d wake(s) or stop(s) under way", len(pending))
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            for task in late:
+                task.cancel()
 
     async def wake(self, app_name: str) -> None:
         """Wakes one app; every concurrent caller awaits the same wake."""
@@ -416,7 +436,7 @@ def _as_provider_error(exc: BaseException, provider: str, app: str) -> BaseExcep
     return ProviderError(f"waking {app} failed: {exc}", provider=provider, app=app)
 
 
-def _consume_exception(task: asyncio.Task[bool]) -> None:
+def _consume_exception(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.debug("background wake failed: %s", task.exception())
 

@@ -20,6 +20,9 @@ log = logging.getLogger("paastis.scheduler")
 
 # A tick's lease outlives the tick should its instance die mid-tick.
 TICK_LEASE_SECONDS = 300.0
+# Idle apps stopped at the same time: a stop mostly waits on the provider, and many review apps
+# tend to go idle together; the adapters' own rate limiters still pace the calls.
+STOP_CONCURRENCY = 4
 
 
 @dataclass
@@ -92,32 +95,50 @@ class Scheduler:
                 report.skipped = "registry unavailable"
                 return report
             registered = {app.name: app for app in await lifecycle.registry.list()}
+            if not lifecycle.registry.available:  # the store went away during that read
+                report.skipped = "registry unavailable"
+                return report
             self.registered_count = len(registered)
+            idle: list[str] = []
             for app in apps:
                 if app.name in self._ignored or self._stopping.is_set():
                     continue
-                await self._visit(app.name, app.state, registered.get(app.name), report)
+                if await self._visit(app.name, app.state, registered.get(app.name), report):
+                    idle.append(app.name)
+            await self._stop_idle(idle, report)
             return report
+
+    async def _stop_idle(self, names: list[str], report: TickReport) -> None:
+        slots = asyncio.Semaphore(STOP_CONCURRENCY)
+
+        async def stop(name: str) -> None:
+            async with slots:
+                if self._stopping.is_set():
+                    return
+                if await self._lifecycle.stop(name, only_if_idle=True):
+                    report.stopped.append(name)
+
+        await asyncio.gather(*(stop(name) for name in names))
+        report.stopped.sort()
 
     async def _visit(
         self, name: str, state: AppState, registered: RunningApp | None, report: TickReport
-    ) -> None:
+    ) -> bool:
+        """Registers or forgets the app as its state says; True when it is idle to stop."""
         lifecycle = self._lifecycle
         if state is AppState.STOPPED:
             if registered is not None and not lifecycle.is_waking(name):
                 await lifecycle.unregister(name)
                 report.unregistered.append(name)
-            return
+            return False
         if state is not AppState.RUNNING:
-            return  # starting, failed or unknown: look again next tick
+            return False  # starting, failed or unknown: look again next tick
         app = lifecycle.catalog.lookup(name)
         if registered is None:
             if app is not None and await lifecycle.register(app):
                 report.registered.append(name)
-            return
-        idle = registered.is_idle(datetime.now(UTC)) and not lifecycle.activity.count(name)
-        if idle and await lifecycle.stop(name, only_if_idle=True):
-            report.stopped.append(name)
+            return False
+        return registered.is_idle(datetime.now(UTC)) and not lifecycle.activity.count(name)
 
 
 def next_delay(schedule: croniter) -> float:

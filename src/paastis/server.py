@@ -157,9 +157,14 @@ class Server:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.stop()
-        # The main listener first: stop accepting, let in-flight requests finish (bounded).
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        # The main listener first: stop accepting, let in-flight requests finish (bounded);
+        # the admin listener answers /health with 503 meanwhile.
+        main, *admin = reversed(self._runners) if self._runners else (None,)
+        if main is not None:
+            await main.cleanup()
+        lifecycle = getattr(self, "lifecycle", None)
+        if lifecycle is not None:
+            await lifecycle.drain(self.shutdown_grace)
         if self._tasks:
             scheduler_task, stamping_task = self._tasks
             stamping_task.cancel()
@@ -168,6 +173,8 @@ class Server:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in admin:
+            await runner.cleanup()
         for closer in ("event_log", "registry", "provider"):
             component = getattr(self, closer, None)
             if component is not None:

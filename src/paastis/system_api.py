@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import re
@@ -28,7 +27,6 @@ class SystemApi:
         self._lifecycle = lifecycle
         self._token = token.encode()
         self._metrics = metrics
-        self._background: set[asyncio.Task[Any]] = set()
         self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             (re.compile(r"/apps/?"), {"GET": self.list_apps, "DELETE": self.forget_apps}),
             (re.compile(r"/events/?"), {"GET": self.list_events}),
@@ -113,9 +111,7 @@ class SystemApi:
         app = await self._find(match["name"])
         if app is None:
             return error(404, f"no app named {match['name']}")
-        task = asyncio.ensure_future(self._lifecycle.stop(app.name, only_if_idle=False))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._lifecycle.stop_in_background(app.name)
         return web.json_response({"app": app.name, "action": "stop"}, status=202)
 
     async def _find(self, name: str) -> PaasApp | None:
