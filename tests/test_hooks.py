@@ -4,57 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from paastis.hooks import Hooks
-
-
-def process_running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie nobody reaped yet counts as gone)."""
-    try:
-        os.kill(pid, 0)
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def group_running(pgid: int) -> bool:
-    """Whether any live process is left in process group `pgid`."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            return True
-    return False
-
-
-def read(path: Path) -> str | None:
-    """The file's text, None when it does not exist (yet)."""
-    return path.read_text() if path.exists() else None
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-
-
-async def read_pid(path: Path) -> int:
-    await wait_until(lambda: bool((read(path) or "").strip()))
-    return int(read(path) or "")
+from processes import group_running, process_running, read, read_pid, wait_until
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shlex
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,64 +15,20 @@ import pytest
 
 from paastis.providers import AppNotFound, AppState, OperationFailed, WakeTimeout
 from paastis.providers.local import LocalAppSpec, LocalProvider
+from processes import (
+    accepts_connections,
+    free_port,
+    group_running,
+    process_running,
+    read,
+    read_pid,
+    wait_until,
+)
 
 PYTHON = shlex.quote(sys.executable)
 
 
 # Helpers ---------------------------------------------------------------------------------
-
-
-def process_running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie nobody reaped yet counts as gone)."""
-    try:
-        os.kill(pid, 0)
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def group_running(pgid: int) -> bool:
-    """Whether any live process is left in process group `pgid`."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def read(path: Path) -> str | None:
-    return path.read_text() if path.exists() else None
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.02)
-
-
-async def read_pid(path: Path) -> int:
-    await wait_until(lambda: bool((read(path) or "").strip()))
-    return int(read(path) or "")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def http_status(port: int, within: float = 10.0) -> int:
@@ -158,7 +112,7 @@ async def test_stopping_a_command_app_kills_its_process_and_closes_its_port(
     assert await provider.stop("hello") is None
 
     assert not process_running(pid)
-    assert not port_open(port)
+    assert not accepts_connections(port)
     assert (await provider.get_app("hello")).state is AppState.STOPPED
 
 

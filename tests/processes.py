@@ -1,0 +1,71 @@
+"""Helpers for tests that run real processes: liveness via /proc, pid files, loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+
+def process_running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie nobody reaped yet counts as gone)."""
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def group_running(pgid: int) -> bool:
+    """Whether any live process is left in process group `pgid`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The command name in parentheses may hold spaces: split after its closing one.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state != "Z":
+            return True
+    return False
+
+
+def read(path: Path) -> str | None:
+    """The file's text, None when it does not exist (yet)."""
+    return path.read_text() if path.exists() else None
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Polls `condition` until it holds; TimeoutError after `within` seconds."""
+    async with asyncio.timeout(within):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+
+async def read_pid(path: Path) -> int:
+    """The pid a process wrote to `path`, once it has written it."""
+    await wait_until(lambda: bool((read(path) or "").strip()))
+    return int(read(path) or "")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for the moment)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def accepts_connections(port: int) -> bool:
+    """Whether something listens on loopback `port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
