@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from emulators.scalingo import ScalingoEmulator
 from emulators.upstream import UpstreamApp
 from harness import RunningPaastis, start_paastis
 from redis_support import redis_db, redis_server, redis_server_factory  # noqa: F401
@@ -54,6 +55,20 @@ async def upstream_factory(
         return upstream, server
 
     return start
+
+
+@pytest.fixture
+def scalingo_boot_delay() -> float:
+    """Seconds a Scalingo emulator app takes to boot; a test module overrides it to need more."""
+    return 0.05
+
+
+@pytest.fixture
+async def scalingo(aiohttp_server, scalingo_boot_delay: float) -> tuple[ScalingoEmulator, str]:
+    """A Scalingo API emulator on loopback: (emulator, its URL)."""
+    emulator = ScalingoEmulator(boot_delay=scalingo_boot_delay)
+    server = await aiohttp_server(emulator.app(), host="127.0.0.1")
+    return emulator, url_of(server)
 
 
 def url_of(server: TestServer | web.Application) -> str:

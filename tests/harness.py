@@ -24,6 +24,31 @@ FAST_TUNING: dict[str, dict[str, Any]] = {
     "local": {"poll_interval": 0.05, "stop_grace": 2.0},
 }
 
+# The Scalingo emulator takes any token; a system API token must have 16 characters or more.
+SCALINGO_TOKEN = "tk-us-emulated-token"
+SYSTEM_TOKEN = "s3cret-system-token-0123"
+SYSTEM_API = {"ROUTING_SYSTEM_API_ENABLED": "true", "ROUTING_SYSTEM_API_TOKEN": SYSTEM_TOKEN}
+
+
+def scalingo_env(api_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a paastis in front of the Scalingo API at `api_url`; `extra` wins."""
+    return {
+        "PROVIDER_NAME": "scalingo",
+        "PROVIDER_SCALINGO_API_TOKEN": SCALINGO_TOKEN,
+        "PROVIDER_SCALINGO_API_URL": api_url,
+        "PROVIDER_SCALINGO_AUTH_URL": api_url,
+        "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "5",
+        **extra,
+    }
+
+
+def system_headers(token: str | None = SYSTEM_TOKEN) -> dict[str, str]:
+    """Headers sending a request on the main listener to the system API (token None: omitted)."""
+    headers = {"PaastisProxyTarget": "system"}
+    if token is not None:
+        headers["PaastisProxySystemApiToken"] = token
+    return headers
+
 
 @dataclasses.dataclass
 class RunningPaastis:

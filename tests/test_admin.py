@@ -9,28 +9,7 @@ import re
 import pytest
 
 from conftest import url_of
-from emulators.scalingo import ScalingoEmulator
-
-TOKEN = "tk-us-emulated-token"
-SYSTEM_TOKEN = "s3cret-system-token-0123"
-
-
-@pytest.fixture
-async def scalingo(aiohttp_server):
-    emulator = ScalingoEmulator(boot_delay=0.05)
-    server = await aiohttp_server(emulator.app(), host="127.0.0.1")
-    return emulator, url_of(server)
-
-
-def scalingo_env(api_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "PROVIDER_NAME": "scalingo",
-        "PROVIDER_SCALINGO_API_TOKEN": TOKEN,
-        "PROVIDER_SCALINGO_API_URL": api_url,
-        "PROVIDER_SCALINGO_AUTH_URL": api_url,
-        "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "5",
-        **extra,
-    }
+from harness import SYSTEM_API, SYSTEM_TOKEN, scalingo_env
 
 
 async def admin_get(proxy, path: str, headers: dict[str, str] | None = None):
@@ -189,9 +168,7 @@ async def test_metrics_count_a_request_in_flight(scalingo, upstream_factory, paa
 async def test_metrics_need_no_token_on_the_admin_listener(scalingo, paastis):
     _emulator, api_url = scalingo
     proxy = await paastis(
-        scalingo_env(
-            api_url, ROUTING_SYSTEM_API_ENABLED="true", ROUTING_SYSTEM_API_TOKEN=SYSTEM_TOKEN
-        ),
+        scalingo_env(api_url, **SYSTEM_API),
         admin=True,
     )
 
@@ -208,9 +185,7 @@ async def test_system_api_is_served_without_the_target_header(scalingo, paastis)
     emulator, api_url = scalingo
     emulator.add_app("front")
     proxy = await paastis(
-        scalingo_env(
-            api_url, ROUTING_SYSTEM_API_ENABLED="true", ROUTING_SYSTEM_API_TOKEN=SYSTEM_TOKEN
-        ),
+        scalingo_env(api_url, **SYSTEM_API),
         admin=True,
     )
 
@@ -246,9 +221,7 @@ async def test_system_api_on_the_admin_listener_requires_the_token(scalingo, paa
     emulator, api_url = scalingo
     emulator.add_app("front")
     proxy = await paastis(
-        scalingo_env(
-            api_url, ROUTING_SYSTEM_API_ENABLED="true", ROUTING_SYSTEM_API_TOKEN=SYSTEM_TOKEN
-        ),
+        scalingo_env(api_url, **SYSTEM_API),
         admin=True,
     )
 

@@ -15,8 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from conftest import url_of
-from emulators.scalingo import ScalingoEmulator
-from harness import RunningPaastis
+from harness import SCALINGO_TOKEN, SYSTEM_API, RunningPaastis, scalingo_env, system_headers
 from paastis.config import CommandLine, load_settings
 from paastis.errors import ConfigError
 from paastis.registry.redis import to_micros
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
 
 # The redis-server fixtures (redis_db, redis_server_factory) come from conftest.
 
-TOKEN = "tk-us-emulated-token"
-SYSTEM_TOKEN = "s3cret-system-token-0123"
 PREFIX = "e2e:paastis:"
 WAIT = 10.0  # seconds: the bound of every wait on something asynchronous
 
@@ -39,30 +36,19 @@ StartPaastis = Callable[..., Awaitable[RunningPaastis]]
 
 
 @pytest.fixture
-async def scalingo(aiohttp_server) -> tuple[ScalingoEmulator, str]:
-    emulator = ScalingoEmulator(boot_delay=0.2)
-    server = await aiohttp_server(emulator.app(), host="127.0.0.1")
-    return emulator, url_of(server)
+def scalingo_boot_delay() -> float:
+    return 0.2  # long enough that requests on several instances all arrive during one wake
 
 
 def redis_env(api_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "PROVIDER_NAME": "scalingo",
-        "PROVIDER_SCALINGO_API_TOKEN": TOKEN,
-        "PROVIDER_SCALINGO_API_URL": api_url,
-        "PROVIDER_SCALINGO_AUTH_URL": api_url,
-        "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "5",
-        "REGISTRY_TYPE": "redis",
-        "REGISTRY_REDIS_URL": redis_url,
-        "REGISTRY_REDIS_PREFIX": PREFIX,
-        "ROUTING_SYSTEM_API_ENABLED": "true",
-        "ROUTING_SYSTEM_API_TOKEN": SYSTEM_TOKEN,
+    return scalingo_env(
+        api_url,
+        REGISTRY_TYPE="redis",
+        REGISTRY_REDIS_URL=redis_url,
+        REGISTRY_REDIS_PREFIX=PREFIX,
+        **SYSTEM_API,
         **extra,
-    }
-
-
-def system_headers() -> dict[str, str]:
-    return {"PaastisProxyTarget": "system", "PaastisProxySystemApiToken": SYSTEM_TOKEN}
+    )
 
 
 @pytest.fixture
@@ -520,7 +506,7 @@ async def test_redis_url_with_password_and_database_number_is_used(
 def test_bad_redis_url_is_a_configuration_error_that_hides_the_password(tmp_path: Path, url: str):
     env = {
         "PROVIDER_NAME": "scalingo",
-        "PROVIDER_SCALINGO_API_TOKEN": TOKEN,
+        "PROVIDER_SCALINGO_API_TOKEN": SCALINGO_TOKEN,
         "REGISTRY_TYPE": "redis",
         "REGISTRY_REDIS_URL": url,
     }

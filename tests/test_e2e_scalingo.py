@@ -9,28 +9,12 @@ from pathlib import Path
 import pytest
 
 from conftest import url_of
-from emulators.scalingo import ScalingoEmulator
-
-TOKEN = "tk-us-emulated-token"
-SYSTEM_TOKEN = "s3cret-system-token-0123"
+from harness import SYSTEM_API, scalingo_env, system_headers
 
 
 @pytest.fixture
-async def scalingo(aiohttp_server):
-    emulator = ScalingoEmulator(boot_delay=0.2)
-    server = await aiohttp_server(emulator.app(), host="127.0.0.1")
-    return emulator, url_of(server)
-
-
-def scalingo_env(api_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "PROVIDER_NAME": "scalingo",
-        "PROVIDER_SCALINGO_API_TOKEN": TOKEN,
-        "PROVIDER_SCALINGO_API_URL": api_url,
-        "PROVIDER_SCALINGO_AUTH_URL": api_url,
-        "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "5",
-        **extra,
-    }
+def scalingo_boot_delay() -> float:
+    return 0.2  # long enough that concurrent requests all arrive during one wake
 
 
 async def test_sleeping_app_is_woken_once_by_twenty_concurrent_requests(
@@ -93,11 +77,7 @@ async def test_discovery_registers_running_apps_at_a_tick(scalingo, upstream_fac
     emulator, api_url = scalingo
     emulator.add_app("front")
     emulator.add_app("sleepy", status="stopped")
-    proxy = await paastis(
-        scalingo_env(
-            api_url, ROUTING_SYSTEM_API_ENABLED="true", ROUTING_SYSTEM_API_TOKEN=SYSTEM_TOKEN
-        )
-    )
+    proxy = await paastis(scalingo_env(api_url, **SYSTEM_API))
     await proxy.tick()
 
     async with proxy.get("any", "/apps", headers=system_headers()) as response:
@@ -282,10 +262,6 @@ async def test_request_without_a_usable_host_is_400(scalingo, paastis, host):
         assert response.status == 400
 
 
-def system_headers() -> dict[str, str]:
-    return {"PaastisProxyTarget": "system", "PaastisProxySystemApiToken": SYSTEM_TOKEN}
-
-
 async def test_events_tell_the_story_of_a_stop_and_a_wake(scalingo, upstream_factory, paastis):
     emulator, api_url = scalingo
     _, upstream_server = await upstream_factory("story")
@@ -294,8 +270,7 @@ async def test_events_tell_the_story_of_a_stop_and_a_wake(scalingo, upstream_fac
         scalingo_env(
             api_url,
             START_AND_STOP_MAX_IDLE_TIME="0",
-            ROUTING_SYSTEM_API_ENABLED="true",
-            ROUTING_SYSTEM_API_TOKEN=SYSTEM_TOKEN,
+            **SYSTEM_API,
         )
     )
     await proxy.tick()

@@ -14,9 +14,8 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from conftest import url_of
-from emulators.scalingo import ScalingoEmulator
+from harness import SYSTEM_API, scalingo_env
 
-TOKEN = "tk-us-emulated-token"
 NAVIGATION = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 
 
@@ -172,28 +171,10 @@ class ProbeUpstream:
 
 
 @pytest.fixture
-async def scalingo(aiohttp_server):
-    emulator = ScalingoEmulator(boot_delay=0.05)
-    server = await aiohttp_server(emulator.app(), host="127.0.0.1")
-    return emulator, url_of(server)
-
-
-@pytest.fixture
 async def probe(aiohttp_server):
     upstream = ProbeUpstream()
     server = await aiohttp_server(upstream.app(), host="127.0.0.1")
     return upstream, server
-
-
-def scalingo_env(api_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "PROVIDER_NAME": "scalingo",
-        "PROVIDER_SCALINGO_API_TOKEN": TOKEN,
-        "PROVIDER_SCALINGO_API_URL": api_url,
-        "PROVIDER_SCALINGO_AUTH_URL": api_url,
-        "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "5",
-        **extra,
-    }
 
 
 async def proxied(scalingo, probe, paastis, *, status: str = "running", rules=None, **env: str):
@@ -397,8 +378,7 @@ async def test_system_headers_are_not_forwarded_when_the_system_api_is_enabled(
         scalingo,
         probe,
         paastis,
-        ROUTING_SYSTEM_API_ENABLED="true",
-        ROUTING_SYSTEM_API_TOKEN="s3cret-system-token-0123",
+        **SYSTEM_API,
     )
 
     async with proxy.get(

@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import url_of
-from emulators.scalingo import ScalingoEmulator
+from harness import SYSTEM_API, SYSTEM_TOKEN, scalingo_env, system_headers
 
-TOKEN = "tk-us-emulated-token"
-SYSTEM_TOKEN = "s3cret-system-token-0123"
 APP_FIELDS = {
     "name",
     "id",
@@ -35,37 +33,18 @@ APP_FIELDS = {
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
-@pytest.fixture
-async def scalingo(aiohttp_server):
-    emulator = ScalingoEmulator(boot_delay=0.05)
-    server = await aiohttp_server(emulator.app(), host="127.0.0.1")
-    return emulator, url_of(server)
-
-
-def scalingo_env(api_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "PROVIDER_NAME": "scalingo",
-        "PROVIDER_SCALINGO_API_TOKEN": TOKEN,
-        "PROVIDER_SCALINGO_API_URL": api_url,
-        "PROVIDER_SCALINGO_AUTH_URL": api_url,
-        "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "5",
-        "ROUTING_SYSTEM_API_ENABLED": "true",
-        "ROUTING_SYSTEM_API_TOKEN": SYSTEM_TOKEN,
-        **extra,
-    }
-
-
-def system(token: str | None = SYSTEM_TOKEN) -> dict[str, str]:
-    headers = {"PaastisProxyTarget": "system"}
-    if token is not None:
-        headers["PaastisProxySystemApiToken"] = token
-    return headers
+def system_api_env(api_url: str, **extra: str) -> dict[str, str]:
+    """Scalingo with the system API enabled: what every test here starts from."""
+    return scalingo_env(api_url, **SYSTEM_API, **extra)
 
 
 async def call(proxy, method: str, path: str, headers: dict[str, str] | None = None):
     """A system API call on the main listener; returns (status, JSON body or None, headers)."""
     async with proxy.request(
-        method, "whatever.example.net", path, headers=system() if headers is None else headers
+        method,
+        "whatever.example.net",
+        path,
+        headers=system_headers() if headers is None else headers,
     ) as response:
         body = await response.json() if response.content_type == "application/json" else None
         return response.status, body, response.headers
@@ -88,7 +67,7 @@ async def test_apps_lists_every_provider_app_with_every_documented_field(scaling
     emulator.add_app("front")
     emulator.add_app("sleepy", status="stopped")
     proxy = await paastis(
-        scalingo_env(api_url), rules="rules:\n  - pattern: front\n    app_max_idle_time: 45\n"
+        system_api_env(api_url), rules="rules:\n  - pattern: front\n    app_max_idle_time: 45\n"
     )
     await proxy.tick()
 
@@ -116,7 +95,7 @@ async def test_apps_lists_every_provider_app_with_every_documented_field(scaling
 async def test_app_that_is_not_monitored_has_no_last_access(scalingo, paastis):
     emulator, api_url = scalingo
     emulator.add_app("sleepy", status="stopped")
-    proxy = await paastis(scalingo_env(api_url, START_AND_STOP_MAX_IDLE_TIME="20"))
+    proxy = await paastis(system_api_env(api_url, START_AND_STOP_MAX_IDLE_TIME="20"))
     await proxy.tick()
 
     status, app, _ = await call(proxy, "GET", "/apps/sleepy")
@@ -131,7 +110,7 @@ async def test_app_that_is_not_monitored_has_no_last_access(scalingo, paastis):
 async def test_one_app_is_described_like_in_the_list(scalingo, paastis):
     emulator, api_url = scalingo
     emulator.add_app("front")
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
     await proxy.tick()
 
     _, listed, _ = await call(proxy, "GET", "/apps")
@@ -143,7 +122,7 @@ async def test_one_app_is_described_like_in_the_list(scalingo, paastis):
 
 async def test_unknown_app_is_404_with_a_json_error(scalingo, paastis):
     _emulator, api_url = scalingo
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
 
     status, body, _ = await call(proxy, "GET", "/apps/ghost")
 
@@ -154,9 +133,9 @@ async def test_unknown_app_is_404_with_a_json_error(scalingo, paastis):
 async def test_system_api_answers_whatever_the_host(scalingo, paastis):
     emulator, api_url = scalingo
     emulator.add_app("front")
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
 
-    async with proxy.get("127.0.0.1", "/apps", headers=system()) as response:
+    async with proxy.get("127.0.0.1", "/apps", headers=system_headers()) as response:
         assert response.status == 200
         assert [app["name"] for app in await response.json()] == ["front"]
 
@@ -164,7 +143,7 @@ async def test_system_api_answers_whatever_the_host(scalingo, paastis):
 async def test_provider_failure_while_listing_is_502_with_a_json_error(scalingo, paastis):
     emulator, api_url = scalingo
     emulator.add_app("front")
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
     await proxy.tick()
     emulator.fail_next("list_apps", 500, times=10)
 
@@ -181,7 +160,7 @@ async def test_delete_apps_forgets_every_registered_app(scalingo, paastis):
     emulator, api_url = scalingo
     emulator.add_app("one")
     emulator.add_app("two")
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
     await proxy.tick()
     assert len(await proxy.server.registry.list()) == 2
 
@@ -198,7 +177,7 @@ async def test_events_are_listed_oldest_first(scalingo, upstream_factory, paasti
     emulator, api_url = scalingo
     _upstream, server = await upstream_factory("story")
     emulator.add_app("story", base_url=url_of(server))
-    proxy = await paastis(scalingo_env(api_url, START_AND_STOP_MAX_IDLE_TIME="0"))
+    proxy = await paastis(system_api_env(api_url, START_AND_STOP_MAX_IDLE_TIME="0"))
     await proxy.tick()  # registers
     await proxy.tick()  # stops
     async with proxy.get("story.example.net") as response:  # wakes
@@ -231,7 +210,7 @@ async def test_start_wakes_the_app_with_hooks_and_an_event(
     emulator.add_app("sleepy", status="stopped", base_url=url_of(server))
     hook_log = tmp_path / "hooks.log"
     line = f'echo "$PAASTIS_HOOK $PAASTIS_APP_NAME" >> {hook_log}'
-    proxy = await paastis(scalingo_env(api_url, HOOKS_BEFORE_START=line, HOOKS_AFTER_START=line))
+    proxy = await paastis(system_api_env(api_url, HOOKS_BEFORE_START=line, HOOKS_AFTER_START=line))
 
     status, body, _ = await call(proxy, "POST", "/apps/sleepy/start")
 
@@ -249,7 +228,7 @@ async def test_stop_stops_the_app_with_hooks_and_events(scalingo, paastis, tmp_p
     emulator.add_app("busy")
     hook_log = tmp_path / "hooks.log"
     line = f'echo "$PAASTIS_HOOK $PAASTIS_APP_NAME" >> {hook_log}'
-    proxy = await paastis(scalingo_env(api_url, HOOKS_BEFORE_STOP=line, HOOKS_AFTER_STOP=line))
+    proxy = await paastis(system_api_env(api_url, HOOKS_BEFORE_STOP=line, HOOKS_AFTER_STOP=line))
     await proxy.tick()  # registers: its idle time (15 minutes) is far away
 
     status, body, _ = await call(proxy, "POST", "/apps/busy/stop")
@@ -269,7 +248,7 @@ async def test_stop_stops_the_app_with_hooks_and_events(scalingo, paastis, tmp_p
 @pytest.mark.parametrize("action", ["start", "stop"])
 async def test_start_or_stop_of_an_unknown_app_is_404(scalingo, paastis, action):
     emulator, api_url = scalingo
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
 
     status, body, _ = await call(proxy, "POST", f"/apps/ghost/{action}")
 
@@ -284,7 +263,7 @@ async def test_start_or_stop_of_an_unknown_app_is_404(scalingo, paastis, action)
 async def test_bearer_token_is_accepted(scalingo, paastis):
     emulator, api_url = scalingo
     emulator.add_app("front")
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
 
     status, apps, _ = await call(
         proxy,
@@ -312,7 +291,7 @@ async def test_bearer_token_is_accepted(scalingo, paastis):
 )
 async def test_missing_or_wrong_token_is_401_with_a_json_error(scalingo, paastis, credentials):
     _emulator, api_url = scalingo
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
 
     status, body, _ = await call(
         proxy, "GET", "/apps", {"PaastisProxyTarget": "system", **credentials}
@@ -325,9 +304,9 @@ async def test_missing_or_wrong_token_is_401_with_a_json_error(scalingo, paastis
 @pytest.mark.parametrize("path", ["/apps", "/nowhere", "/apps/front/start"])
 async def test_token_is_checked_before_anything_else(scalingo, paastis, path):
     _emulator, api_url = scalingo
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
 
-    status, body, _ = await call(proxy, "POST", path, system(token="nope-nope-nope-nope"))
+    status, body, _ = await call(proxy, "POST", path, system_headers(token="nope-nope-nope-nope"))
 
     assert status == 401
     assert "error" in body
@@ -335,7 +314,7 @@ async def test_token_is_checked_before_anything_else(scalingo, paastis, path):
 
 async def test_token_that_is_not_utf8_is_401(scalingo, paastis):
     _emulator, api_url = scalingo
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.main_port)
     try:
         writer.write(
@@ -355,7 +334,7 @@ async def test_token_that_is_not_utf8_is_401(scalingo, paastis):
 @pytest.mark.parametrize("path", ["/", "/nowhere", "/apps/front/restart", "/events/1"])
 async def test_unknown_path_is_404_with_a_json_error(scalingo, paastis, path):
     _emulator, api_url = scalingo
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
 
     status, body, headers = await call(proxy, "GET", path)
 
@@ -379,7 +358,7 @@ async def test_unknown_path_is_404_with_a_json_error(scalingo, paastis, path):
 async def test_wrong_method_is_405_with_a_json_error(scalingo, paastis, method, path):
     emulator, api_url = scalingo
     emulator.add_app("front")
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
 
     status, body, headers = await call(proxy, method, path)
 
@@ -395,10 +374,10 @@ async def test_wrong_method_is_405_with_a_json_error(scalingo, paastis, method, 
 async def test_metrics_are_served_in_prometheus_text(scalingo, paastis):
     emulator, api_url = scalingo
     emulator.add_app("front")
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
     await proxy.tick()
 
-    async with proxy.get("x", "/metrics", headers=system()) as response:
+    async with proxy.get("x", "/metrics", headers=system_headers()) as response:
         text = await response.text()
 
     assert response.status == 200
@@ -409,9 +388,9 @@ async def test_metrics_are_served_in_prometheus_text(scalingo, paastis):
 
 async def test_metrics_need_the_token_too(scalingo, paastis):
     _emulator, api_url = scalingo
-    proxy = await paastis(scalingo_env(api_url))
+    proxy = await paastis(system_api_env(api_url))
 
-    async with proxy.get("x", "/metrics", headers=system(token=None)) as response:
+    async with proxy.get("x", "/metrics", headers=system_headers(token=None)) as response:
         assert response.status == 401
 
 
@@ -421,11 +400,13 @@ async def test_disabled_system_api_proxies_system_requests_like_any_other(
     emulator, api_url = scalingo
     _upstream, server = await upstream_factory("front")
     emulator.add_app("front", base_url=url_of(server))
-    env = scalingo_env(api_url)
+    env = system_api_env(api_url)
     del env["ROUTING_SYSTEM_API_ENABLED"], env["ROUTING_SYSTEM_API_TOKEN"]
     proxy = await paastis(env)
 
-    async with proxy.request("DELETE", "front.example.net", "/apps", headers=system()) as response:
+    async with proxy.request(
+        "DELETE", "front.example.net", "/apps", headers=system_headers()
+    ) as response:
         record = await response.json()
 
     assert response.status == 200
