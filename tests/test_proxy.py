@@ -374,12 +374,7 @@ async def test_host_is_set_to_the_upstreams(scalingo, probe, paastis):
 async def test_system_headers_are_not_forwarded_when_the_system_api_is_enabled(
     scalingo, probe, paastis
 ):
-    proxy = await proxied(
-        scalingo,
-        probe,
-        paastis,
-        **SYSTEM_API,
-    )
+    proxy = await proxied(scalingo, probe, paastis, **SYSTEM_API)
 
     async with proxy.get(
         "web.example.net",
