@@ -29,6 +29,13 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain client session, to hand to a provider adapter under test."""
+    async with aiohttp.ClientSession() as client_session:
+        yield client_session
+
+
+@pytest.fixture
 async def paastis(http: aiohttp.ClientSession, tmp_path: Path) -> AsyncIterator[StartPaastis]:
     """Starts paastis servers; each is shut down at the end of the test."""
     started: list[RunningPaastis] = []

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from clock import ManualClock
 from conftest import url_of
 from emulators.heroku import HerokuEmulator
 from harness import FAST_TUNING, RunningPaastis
@@ -25,19 +26,6 @@ WRONG_TOKEN = "heroku-wrong-token-9876543210"
 FORMATION = "/apps/{app}/formation"
 # With the default budget, a tick a minute learns the state of this many unknown apps.
 STATES_PER_MINUTE = 840 // 60
-
-
-class ManualClock:
-    """The adapter's clock (budget accrual and state age); advanced by the test."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

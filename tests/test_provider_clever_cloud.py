@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -49,12 +49,6 @@ async def api(aiohttp_server: Any, emulator: CleverEmulator) -> TestServer:
 @pytest.fixture
 async def bridge(aiohttp_server: Any, emulator: CleverEmulator) -> TestServer:
     return await aiohttp_server(emulator.web_app(bridge=True))
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from tests.emulators.heroku import ACCEPT, HerokuEmulator
 
+from clock import ManualClock
 from paastis.providers import (
     AppNotFound,
     AppState,
@@ -30,25 +31,6 @@ DYNOS = "/apps/{app}/dynos"
 FORMATION = "/apps/{app}/formation"
 
 ServerFactory = Callable[[Any], Awaitable[TestServer]]
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand, shared by the adapter and the emulator."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
 
 
 @pytest.fixture
@@ -78,7 +60,7 @@ def make_provider(
 
 
 async def run_ticks(
-    provider: HerokuProvider, clock: FakeClock, ticks: int, every: float = 60.0
+    provider: HerokuProvider, clock: ManualClock, ticks: int, every: float = 60.0
 ) -> None:
     for _ in range(ticks):
         await provider.list_apps()
@@ -288,7 +270,7 @@ async def test_own_start_and_stop_update_the_state_without_refresh_calls(
     emulator: HerokuEmulator, server: TestServer, session: aiohttp.ClientSession
 ) -> None:
     emulator.add_app("shop", formation={"web": 1})
-    clock = FakeClock()
+    clock = ManualClock()
     provider = make_provider(server, session, clock=clock, state_refresh_budget_per_hour=0)
 
     await provider.stop("shop")
@@ -355,7 +337,7 @@ async def test_a_persistent_500_raises_provider_unavailable(
 async def test_two_hundred_apps_listed_every_minute_cost_at_most_900_calls_in_any_hour(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     emulator = HerokuEmulator(token=TOKEN, clock=clock)
     for index in range(200):
         emulator.add_app(f"app-{index:03d}", formation={"web": index % 2})
@@ -376,7 +358,7 @@ async def test_two_hundred_apps_listed_every_minute_cost_at_most_900_calls_in_an
 async def test_after_warm_up_every_app_state_is_known_and_under_15_minutes_old_at_every_tick(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     emulator = HerokuEmulator(token=TOKEN, clock=clock)
     for index in range(200):
         emulator.add_app(f"app-{index:03d}", formation={"web": index % 2})
@@ -406,7 +388,7 @@ async def test_after_warm_up_every_app_state_is_known_and_under_15_minutes_old_a
 async def test_a_low_rate_limit_remaining_slows_the_state_refreshes(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     emulator = HerokuEmulator(token=TOKEN, clock=clock, rate_limit_per_minute=0)
     emulator.rate_limit.tokens = 900  # 20 % of the account's pool
     for index in range(200):
@@ -422,7 +404,7 @@ async def test_a_low_rate_limit_remaining_slows_the_state_refreshes(
 async def test_a_nearly_empty_rate_limit_pool_pauses_the_state_refreshes(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     emulator = HerokuEmulator(token=TOKEN, clock=clock, rate_limit_per_minute=0)
     emulator.rate_limit.tokens = 400  # under 10 % of the account's pool
     for index in range(200):
@@ -437,7 +419,7 @@ async def test_a_nearly_empty_rate_limit_pool_pauses_the_state_refreshes(
 async def test_a_small_account_does_not_refresh_settled_states_every_tick(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     emulator = HerokuEmulator(token=TOKEN, clock=clock)
     for index in range(5):
         emulator.add_app(f"app-{index}")
@@ -453,7 +435,7 @@ async def test_a_state_older_than_max_state_age_is_reported_unknown(
     emulator: HerokuEmulator, server: TestServer, session: aiohttp.ClientSession
 ) -> None:
     emulator.add_app("shop")
-    clock = FakeClock()
+    clock = ManualClock()
     provider = make_provider(server, session, clock=clock, state_refresh_budget_per_hour=0)
     await provider.get_app("shop")
 

@@ -7,7 +7,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -42,12 +42,6 @@ def emulator() -> ScalingoEmulator:
 @pytest.fixture
 async def server(aiohttp_server: Any, emulator: ScalingoEmulator) -> TestServer:
     return await aiohttp_server(emulator.app())
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
 
 
 @pytest.fixture
