@@ -332,30 +332,26 @@ class RequestOutcome:
     cold: bool = False
 
 
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def relay(source: WebSocket, sink: WebSocket) -> None:
+    """Copies text and binary messages from `source` to `sink`; closes `sink` as `source` closed."""
+    async for message in source:
+        if message.type is WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type is WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+    await sink.close(code=source.close_code or 1000)
+
+
 async def pump_both_ways(
     client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
 ) -> None:
     """Copies messages both ways until either side closes."""
-
-    async def client_to_upstream() -> None:
-        async for message in client:
-            if message.type is WSMsgType.TEXT:
-                await upstream.send_str(message.data)
-            elif message.type is WSMsgType.BINARY:
-                await upstream.send_bytes(message.data)
-        await upstream.close(code=client.close_code or 1000)
-
-    async def upstream_to_client() -> None:
-        async for message in upstream:
-            if message.type is WSMsgType.TEXT:
-                await client.send_str(message.data)
-            elif message.type is WSMsgType.BINARY:
-                await client.send_bytes(message.data)
-        await client.close(code=upstream.close_code or 1000)
-
     tasks = [
-        asyncio.ensure_future(client_to_upstream()),
-        asyncio.ensure_future(upstream_to_client()),
+        asyncio.ensure_future(relay(client, upstream)),
+        asyncio.ensure_future(relay(upstream, client)),
     ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
