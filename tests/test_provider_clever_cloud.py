@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from tests.emulators.clever_cloud import CleverEmulator
 
+from emulators.clever_cloud import CleverEmulator
 from paastis.providers import (
     AppNotFound,
     AppState,

@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from tests.emulators.heroku import ACCEPT, HerokuEmulator
 
 from clock import ManualClock
+from emulators.heroku import ACCEPT, HerokuEmulator
 from paastis.providers import (
     AppNotFound,
     AppState,

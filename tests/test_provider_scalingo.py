@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from tests.emulators.scalingo import ScalingoEmulator
 
+from emulators.scalingo import ScalingoEmulator
 from paastis.providers import (
     AppNotFound,
     AppState,

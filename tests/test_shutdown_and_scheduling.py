@@ -1,0 +1,50 @@
+"""A graceful shutdown lets background work finish; the scheduler stops idle apps together."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import url_of
+from harness import scalingo_env
+
+NAVIGATION = {"Accept": "text/html,application/xhtml+xml", "Sec-Fetch-Mode": "navigate"}
+
+
+@pytest.fixture
+def scalingo_boot_delay() -> float:
+    return 0.5
+
+
+async def test_shutdown_lets_a_wake_started_for_a_waiting_page_finish(
+    scalingo, upstream_factory, paastis
+):
+    emulator, api_url = scalingo
+    _, upstream_server = await upstream_factory("docs")
+    emulator.add_app("docs", status="stopped", base_url=url_of(upstream_server))
+    proxy = await paastis(scalingo_env(api_url, PROXY_READINESS_PATH=""))
+
+    async with proxy.get("docs.example.net", headers=NAVIGATION) as response:
+        assert response.status == 503  # the waiting page; the wake goes on in the background
+    await proxy.stop()
+
+    assert emulator.status_of("docs") == "running"
+    events = [event.name for event in await proxy.server.event_log.list()]
+    assert "APP_STARTED" in events
+    assert "APP_START_FAILED" not in events
+
+
+async def test_idle_apps_of_one_tick_are_stopped_together_not_one_after_another(scalingo, paastis):
+    emulator, api_url = scalingo
+    names = ["idle-a", "idle-b", "idle-c"]
+    for name in names:
+        emulator.add_app(name)
+    proxy = await paastis(scalingo_env(api_url, START_AND_STOP_MAX_IDLE_TIME="0"))
+    await proxy.tick()  # registers them
+
+    report = await proxy.tick()
+
+    assert report.stopped == names
+    scale_calls = [call.at for call in emulator.log if call.route == "scale"]
+    assert len(scale_calls) == 3
+    # Every stop was asked for before the first one (0.5 s of operation) could have ended.
+    assert max(scale_calls) - min(scale_calls) < emulator.boot_delay
