@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from conftest import url_of
 from harness import scalingo_env
+from processes import wait_until
 
 NAVIGATION = {"Accept": "text/html,application/xhtml+xml", "Sec-Fetch-Mode": "navigate"}
 
@@ -48,3 +51,28 @@ async def test_idle_apps_of_one_tick_are_stopped_together_not_one_after_another(
     assert len(scale_calls) == 3
     # Every stop was asked for before the first one (0.5 s of operation) could have ended.
     assert max(scale_calls) - min(scale_calls) < emulator.boot_delay
+
+
+async def test_request_arriving_during_the_readiness_check_joins_the_wake(
+    scalingo, upstream_factory, paastis
+):
+    emulator, api_url = scalingo
+    emulator.boot_delay = 0.05
+    upstream, upstream_server = await upstream_factory("api")
+    upstream.health_status = 503  # the app runs but is not ready yet
+    emulator.add_app("api", status="stopped", base_url=url_of(upstream_server))
+    proxy = await paastis(scalingo_env(api_url, PROXY_READINESS_PATH="/health"))
+
+    async def get() -> tuple[int, str | None]:
+        async with proxy.get("api.example.net", "/data") as response:
+            return response.status, response.headers.get("X-Paastis-Cold-Start")
+
+    first = asyncio.ensure_future(get())
+    # The provider says it runs and the readiness check has begun.
+    await wait_until(lambda: upstream.health_checks > 0, within=10)
+    second = asyncio.ensure_future(get())
+    await asyncio.sleep(0.2)
+    assert not second.done(), "a request must not reach an app that is not ready"
+    upstream.health_status = 200
+
+    assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [(200, "true")] * 2

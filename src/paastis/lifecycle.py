@@ -125,9 +125,9 @@ class Lifecycle:
     def linked_apps(self, app_name: str, route: Route) -> tuple[str, ...]:
         """The app's linked apps, with those of the request key's rule (`route`)."""
         own = self.rules.resolve(app_name).linked_apps
-        if route.app_name != app_name or not route.linked_apps:
+        if not route.linked_apps:
             return own
-        return tuple(dict.fromkeys((*route.linked_apps, *own)))
+        return tuple(name for name in dict.fromkeys((*route.linked_apps, *own)) if name != app_name)
 
     def upstream_url(self, app: PaasApp) -> str | None:
         """The rule's upstream, else UPSTREAM_URL_TEMPLATE, else the provider's URL."""
@@ -239,8 +239,9 @@ class Lifecycle:
         try:
             formation = await self.registry.formation(app_name)
             await asyncio.wait_for(self.provider.start(app_name, formation), timeout + 5)
-            self.catalog.set_state(app_name, AppState.RUNNING)
             await self._wait_until_ready(app, deadline=started + timeout)
+            # Only now: requests arriving meanwhile joined this wake instead of racing ahead.
+            self.catalog.set_state(app_name, AppState.RUNNING)
         except BaseException as exc:
             await self._start_failed(app_name, exc, started)
             raise _as_provider_error(exc, self.provider.name, app_name) from exc

@@ -17,6 +17,7 @@ class UpstreamApp:
     # Set to hold /hold requests until the test releases them.
     release: asyncio.Event = field(default_factory=asyncio.Event)
     health_status: int = 200
+    health_checks: int = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024**2)
@@ -47,6 +48,7 @@ class UpstreamApp:
         return response
 
     async def health(self, request: web.Request) -> web.Response:
+        self.health_checks += 1
         return web.Response(status=self.health_status, text="ok")
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
