@@ -12,6 +12,11 @@ from paastis.providers import AppNotFound, AppState, PaasApp, Provider, Provider
 
 log = logging.getLogger("paastis.catalog")
 
+# Seconds between two listings caused by requests for unknown apps: a scan of random host names
+# costs at most 360 listings an hour (Heroku's account budget is 4,500, Scalingo's 3,600),
+# while an app created a moment ago becomes reachable within seconds.
+MISS_REFRESH_INTERVAL = 10.0
+
 
 class AppCatalog:
     """The provider's app list with each app's last known state, addressed by name or alias.
@@ -25,7 +30,7 @@ class AppCatalog:
         self,
         provider: Provider,
         *,
-        miss_refresh_interval: float = 5.0,
+        miss_refresh_interval: float = MISS_REFRESH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._provider = provider
