@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from clock import ManualClock
 from harness import FAST_RETRY, SCALINGO_TOKEN
 from paastis.catalog import MISS_REFRESH_INTERVAL, AppCatalog
+from paastis.providers import AppState
 from paastis.providers.api import ProviderCallCounter
 from paastis.providers.scalingo import ScalingoProvider
 
@@ -71,3 +74,24 @@ async def test_a_known_app_is_found_without_any_provider_call(scalingo, catalog_
         assert (await catalog.find("known")).name == "known"
 
     assert len(emulator.log) == calls
+
+
+async def test_a_listing_asked_before_paastis_changed_a_state_does_not_undo_it(
+    scalingo, catalog_of
+):
+    emulator, api_url = scalingo
+    emulator.add_app("woken", status="stopped")
+    clock = ManualClock()
+    catalog = catalog_of(api_url, clock)
+    await catalog.refresh()
+
+    listing = asyncio.ensure_future(catalog.refresh())
+    await asyncio.sleep(0)  # the listing is asked for: it will still say `stopped`
+    clock.advance(1)
+    catalog.set_state("woken", AppState.RUNNING)  # paastis woke it meanwhile
+    await listing
+
+    assert catalog.lookup("woken").state is AppState.RUNNING
+    clock.advance(1)
+    await catalog.refresh()  # a listing asked afterwards is believed
+    assert catalog.lookup("woken").state is AppState.STOPPED

@@ -143,14 +143,29 @@ async def test_system_api_answers_whatever_the_host(scalingo, paastis):
 async def test_provider_failure_while_listing_is_502_with_a_json_error(scalingo, paastis):
     emulator, api_url = scalingo
     emulator.add_app("front")
+    emulator.fail_next("list_apps", 500, times=100)
     proxy = await paastis(system_api_env(api_url))
-    await proxy.tick()
-    emulator.fail_next("list_apps", 500, times=10)
+    await proxy.tick()  # the listing fails: there is no list to answer from
 
     status, body, _ = await call(proxy, "GET", "/apps")
 
     assert status == 502
     assert set(body) == {"error"}
+
+
+async def test_polling_the_app_list_reuses_a_recent_listing(scalingo, paastis):
+    emulator, api_url = scalingo
+    emulator.add_app("front")
+    proxy = await paastis(system_api_env(api_url))
+    await proxy.tick()
+    listings = emulator.count("list_apps")
+
+    for _ in range(10):
+        status, body, _ = await call(proxy, "GET", "/apps")
+        assert status == 200
+        assert [app["name"] for app in body] == ["front"]
+
+    assert emulator.count("list_apps") == listings
 
 
 # --- DELETE /apps, GET /events ----------------------------------------------------------------

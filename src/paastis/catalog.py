@@ -39,6 +39,8 @@ class AppCatalog:
         self._apps: dict[str, PaasApp] = {}
         self._keys: dict[str, str] = {}  # name or alias -> name
         self._listed_at: float | None = None
+        # When paastis itself last changed each app's state, so an older listing cannot undo it.
+        self._changed_at: dict[str, float] = {}
         self._refreshing: asyncio.Task[list[PaasApp]] | None = None
         # Why the latest listing failed: a miss meanwhile is "cannot tell", never "no such app".
         self._listing_error: ProviderError | None = None
@@ -56,7 +58,7 @@ class AppCatalog:
         app = self.lookup(key)
         if app is not None:
             return app
-        in_flight = self._refreshing is not None and not self._refreshing.done()
+        in_flight = self._is_refreshing()
         stale = self._listed_at is None or (
             self._clock() - self._listed_at >= self._miss_refresh_interval
         )
@@ -66,6 +68,16 @@ class AppCatalog:
             raise self._listing_error.with_traceback(None)
         return self.lookup(key)
 
+    async def current(self, max_age: float) -> list[PaasApp]:
+        """The apps, listed again only when the last listing is older than `max_age` seconds."""
+        fresh = self._listed_at is not None and self._clock() - self._listed_at < max_age
+        if fresh and self._listing_error is None and not self._is_refreshing():
+            return self.all()
+        return await self.refresh()
+
+    def _is_refreshing(self) -> bool:
+        return self._refreshing is not None and not self._refreshing.done()
+
     async def refresh(self) -> list[PaasApp]:
         """Lists the provider's apps once, however many callers ask at the same time."""
         if self._refreshing is None or self._refreshing.done():
@@ -73,23 +85,25 @@ class AppCatalog:
         return await asyncio.shield(self._refreshing)
 
     async def _list(self) -> list[PaasApp]:
-        self._listed_at = self._clock()
+        started = self._listed_at = self._clock()
         try:
             apps = await self._provider.list_apps()
         except ProviderError as exc:
             self._listing_error = exc
             raise
-        self.replace_all(apps)
-        return apps
+        self.replace_all(apps, asked_at=started)
+        return self.all()
 
-    def replace_all(self, apps: list[PaasApp]) -> None:
-        """Takes a complete listing; an UNKNOWN state keeps the state known before."""
+    def replace_all(self, apps: list[PaasApp], *, asked_at: float | None = None) -> None:
+        """Takes a complete listing, asked for at `asked_at`. An UNKNOWN state, or one that
+        paastis itself changed while the listing was under way, keeps the state known before."""
         previous = self._apps
         self._apps = {}
         self._keys = {}
         for app in apps:
             known = previous.get(app.name)
-            if app.state is AppState.UNKNOWN and known is not None:
+            changed_since = asked_at is not None and self._changed_at.get(app.name, -1) >= asked_at
+            if known is not None and (app.state is AppState.UNKNOWN or changed_since):
                 app = replace(app, state=known.state)
             if app.upstream_url is None and known is not None and known.upstream_url:
                 app = replace(app, upstream_url=known.upstream_url)
@@ -104,6 +118,7 @@ class AppCatalog:
         app = self._apps.get(name)
         if app is not None and app.state is not state:
             self._apps[name] = replace(app, state=state)
+            self._changed_at[name] = self._clock()
 
     async def fetch(self, name: str) -> PaasApp:
         """The app's current state from the provider; raises AppNotFound.

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from paastis.catalog import MISS_REFRESH_INTERVAL
 from paastis.events import INTERNAL_EVENTS, iso_utc
 from paastis.lifecycle import Lifecycle
 from paastis.metrics import CONTENT_TYPE, Metrics
@@ -76,7 +77,8 @@ class SystemApi:
         return hmac.compare_digest(presented, self._token)
 
     async def list_apps(self, request: web.Request, match: re.Match[str]) -> web.Response:
-        apps = await self._lifecycle.catalog.refresh()
+        # A dashboard polling this must not spend the provider's rate limit.
+        apps = await self._lifecycle.catalog.current(max_age=MISS_REFRESH_INTERVAL)
         registered = {app.name: app for app in await self._lifecycle.registry.list()}
         return web.json_response([self._describe(app, registered.get(app.name)) for app in apps])
 
