@@ -289,14 +289,29 @@ async def test_start_of_unknown_app_raises_app_not_found(provider: ScalingoProvi
 
 
 @pytest.mark.parametrize("status", [404, 422])
-async def test_start_with_unknown_container_type_raises_operation_failed(
+async def test_start_drops_remembered_types_the_app_no_longer_has(
     emulator: ScalingoEmulator, provider: ScalingoProvider, status: int
 ) -> None:
+    # A deployment while the app slept removed its `clock` process type.
     emulator.unknown_type_status = status
+    emulator.add_app("shop", {"web": 1, "worker": 1}, status="stopped")
+
+    await provider.start("shop", {"web": 2, "worker": 1, "clock": 1})
+
+    assert emulator.apps["shop"].formation == {"web": 2, "worker": 1}
+
+
+async def test_start_refused_for_a_formation_that_fits_raises_operation_failed(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
     emulator.add_app("shop", {"web": 1}, status="stopped")
+    refusal = {"errors": {"containers": ["amount is over the plan's limit"]}}
+    emulator.fail_next("scale", 422, refusal, times=5)
 
     with pytest.raises(OperationFailed):
-        await provider.start("shop", {"web": 1, "clock": 1})
+        await provider.start("shop", {"web": 1})
+
+    assert emulator.count("scale", app="shop") == 1
 
 
 async def test_start_raises_operation_failed_when_the_operation_errors(

@@ -153,7 +153,11 @@ class ScalingoProvider:
             async with deadline:
                 if not wanted:
                     wanted = await self._default_formation(name)
-                location = await self._scale(name, wanted) if wanted else None
+                try:
+                    location = await self._scale(name, wanted) if wanted else None
+                except OperationFailed as refused:
+                    wanted = await self._formation_that_still_fits(name, wanted, refused)
+                    location = await self._scale(name, wanted)
                 if location is not None:
                     await self._wait_operation(name, location)
                 await self._wait_containers(name, wanted or {"web": 1})
@@ -166,6 +170,26 @@ class ScalingoProvider:
                 app=name,
             ) from None
         log.info("scalingo app %s runs (%.1fs)", name, time.monotonic() - started)
+
+    async def _formation_that_still_fits(
+        self, name: str, wanted: Formation, refused: OperationFailed
+    ) -> Formation:
+        """`wanted` without the process types the app no longer has (a deployment while it
+        slept may have removed one); raises `refused` when that changes nothing."""
+        response = await self._call(
+            "GET", _app_path(name, "containers"), operation="containers", app=name
+        )
+        existing = _formation(response)
+        kept = {kind: n for kind, n in wanted.items() if kind in existing}
+        if "web" not in kept and "web" in existing:
+            kept["web"] = 1
+        if not kept or kept == wanted:
+            raise refused
+        log.warning(
+            "scalingo app %s no longer has the process types %s; starting %s instead",
+            name, sorted(set(wanted) - set(kept)), kept,
+        )  # fmt: skip
+        return kept
 
     async def _default_formation(self, name: str) -> Formation:
         """web x 1, or nothing to scale when web already has containers.
