@@ -76,9 +76,6 @@ class Activity:
     def apps(self) -> list[str]:
         return list(self._open)
 
-    def total(self) -> int:
-        return sum(self._open.values())
-
 
 class Lifecycle:
     def __init__(

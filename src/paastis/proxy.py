@@ -47,7 +47,6 @@ OWN_HEADERS = frozenset({"host", "expect"})
 RETRY_AFTER_ON_WAKE_TIMEOUT = "10"
 # Bodies up to this size (with a Content-Length) are sent with the headers in one write.
 SMALL_BODY = 64 * 1024
-WS_MESSAGE_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
 
 SystemHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -60,7 +59,6 @@ class ProxyPolicy:
     connect_timeout: float
     read_timeout: float
     max_connection_lifetime: float | None
-    system_api_enabled: bool
 
 
 class Proxy:

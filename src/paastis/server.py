@@ -116,7 +116,6 @@ class Server:
                 connect_timeout=s.connect_timeout,
                 read_timeout=s.read_timeout,
                 max_connection_lifetime=s.max_connection_lifetime,
-                system_api_enabled=s.system_api_enabled,
             ),
             http=self.upstream_http,
             metrics=self.metrics,

@@ -37,9 +37,6 @@ class ProviderCallCounter:
     def add(self, provider: str, operation: str, status: str) -> None:
         self.calls[(provider, operation, status)] += 1
 
-    def total(self, provider: str | None = None) -> int:
-        return sum(n for (p, _, _), n in self.calls.items() if provider in (None, p))
-
 
 @dataclass(frozen=True)
 class ApiResponse:
