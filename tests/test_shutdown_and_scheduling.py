@@ -76,3 +76,20 @@ async def test_request_arriving_during_the_readiness_check_joins_the_wake(
     upstream.health_status = 200
 
     assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [(200, "true")] * 2
+
+
+async def test_read_timeout_bounds_the_first_byte_not_the_silences_of_a_stream(
+    scalingo, upstream_factory, paastis
+):
+    # Server-sent events and long polls go quiet between messages: only the wait for the
+    # answer's first byte is bounded by PROXY_READ_TIMEOUT.
+    emulator, api_url = scalingo
+    _, upstream_server = await upstream_factory("events")
+    emulator.add_app("events", base_url=url_of(upstream_server))
+    proxy = await paastis(scalingo_env(api_url, PROXY_READ_TIMEOUT="0.2"))
+
+    async with proxy.get("events.example.net", "/stream?chunks=3&gap=0.4") as response:
+        body = await asyncio.wait_for(response.read(), 10)
+
+    assert response.status == 200
+    assert body == b"chunk 0\nchunk 1\nchunk 2\n"

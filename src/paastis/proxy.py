@@ -76,9 +76,10 @@ class Proxy:
         self._http = http
         self._metrics = metrics
         self._system_api = system_api
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=policy.connect_timeout, sock_read=policy.read_timeout
-        )
+        # PROXY_READ_TIMEOUT bounds the wait for the answer's first byte only (see
+        # _forward_http): a stream may then stay quiet as long as it likes, within
+        # PROXY_MAX_CONNECTION_LIFETIME.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.connect_timeout)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self._system_api and request.headers.get("PaastisProxyTarget", "").lower() == "system":
@@ -203,14 +204,15 @@ class Proxy:
         body = request.content if request.body_exists else None
         await send_continue_if_expected(request)
         try:
-            upstream = await self._http.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=self._timeout,
-            )
+            async with asyncio.timeout(self._policy.read_timeout):
+                upstream = await self._http.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return text_response(504, "paastis: the app did not answer in time\n")
         except aiohttp.ClientError as exc:

@@ -53,12 +53,13 @@ class UpstreamApp:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         chunks = int(request.query.get("chunks", "5"))
+        gap = float(request.query.get("gap", "0.01"))  # seconds of silence between chunks
         response = web.StreamResponse()
         response.content_type = "text/plain"
         await response.prepare(request)
         for index in range(chunks):
             await response.write(f"chunk {index}\n".encode())
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(gap)
         await response.write_eof()
         return response
 
