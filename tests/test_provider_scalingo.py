@@ -569,3 +569,26 @@ async def test_emulator_rate_limit_answers_429_retry_later(
 
     assert [status for status, _ in statuses] == [401, 401, 429]
     assert statuses[-1][1] == "Retry later"
+
+
+async def test_start_restarts_a_crashed_app(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 1}, status="crashed")
+
+    await provider.start("shop", None)
+
+    assert emulator.count("restart", app="shop") == 1
+    assert emulator.count("scale", app="shop") == 0
+    assert emulator.web_states("shop") == ["running"]
+    assert emulator.status_of("shop") == "running"
+
+
+async def test_start_of_a_stopped_app_does_not_restart_it(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+
+    await provider.start("shop", None)
+
+    assert emulator.count("restart") == 0

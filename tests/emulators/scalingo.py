@@ -299,6 +299,7 @@ class ScalingoEmulator:
         r.add_get("/v1/apps/{app}/ps", self._ps, name="ps")
         r.add_get("/v1/apps/{app}/containers", self._containers, name="containers")
         r.add_post("/v1/apps/{app}/scale", self._scale, name="scale")
+        r.add_post("/v1/apps/{app}/restart", self._restart, name="restart")
         r.add_get("/v1/apps/{app}/operations/{operation}", self._operation, name="operation")
         return application
 
@@ -468,6 +469,30 @@ class ScalingoEmulator:
         return web.json_response(
             {"containers": app.formation_json()}, status=202, headers={"Location": str(location)}
         )
+
+    async def _restart(self, request: web.Request) -> web.Response:
+        """202 with an operation; the containers boot again (how a crashed app recovers)."""
+        app = self._find(request.match_info["app"])
+        if app is None:
+            return _app_not_found()
+        if app.status in BUSY_STATUSES:
+            return web.json_response({"errors": {"app": [f"is {app.status}"]}}, status=422)
+        now = _now()
+        op = EmulatedOperation(
+            id=_object_id(),
+            app_id=app.id,
+            started_at=now,
+            done_at=now + self.boot_delay,
+            created_at=datetime.now(UTC),
+        )
+        self.operations[op.id] = op
+        app.operation = op
+        app.status = "restarting"
+        for container in app.containers:
+            container.ready_at = op.done_at + self.container_boot_lag
+        _advance(app, now)
+        location = request.url.origin().with_path(f"/v1/apps/{app.name}/operations/{op.id}")
+        return web.Response(status=202, headers={"Location": str(location)})
 
     def _unknown_type(self, name: str) -> web.Response:
         if self.unknown_type_status == 404:

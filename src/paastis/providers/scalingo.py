@@ -158,6 +158,8 @@ class ScalingoProvider:
                 except OperationFailed as refused:
                     wanted = await self._formation_that_still_fits(name, wanted, refused)
                     location = await self._scale(name, wanted)
+                if location is None:  # the formation is already there: it may have crashed
+                    location = await self._restart_if_crashed(name)
                 if location is not None:
                     await self._wait_operation(name, location)
                 await self._wait_containers(name, wanted or {"web": 1})
@@ -190,6 +192,18 @@ class ScalingoProvider:
             name, sorted(set(wanted) - set(kept)), kept,
         )  # fmt: skip
         return kept
+
+    async def _restart_if_crashed(self, name: str) -> str | None:
+        """Restarts a crashed app (scaling it changes nothing); returns the operation's
+        Location, None when the app has not crashed."""
+        app = await self.get_app(name)
+        if app.status != "crashed":
+            return None
+        log.warning("scalingo app %s has crashed; restarting it", name)
+        response = await self._call(
+            "POST", _app_path(name, "restart"), operation="restart", app=name, json={}
+        )
+        return response.headers.get("Location") or None
 
     async def _default_formation(self, name: str) -> Formation:
         """web x 1, or nothing to scale when web already has containers.
