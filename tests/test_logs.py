@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -23,7 +26,8 @@ def restore_root_logger() -> Iterator[None]:
     root.setLevel(level)
 
 
-def logged_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+def logged_lines(capsys: pytest.CaptureFixture[str], stop_logging: Callable[[], None]) -> list[str]:
+    stop_logging()  # the writer thread has written every queued line
     captured = capsys.readouterr()
     assert captured.out == ""
     return captured.err.splitlines()
@@ -32,12 +36,12 @@ def logged_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
 def test_json_format_prints_one_object_per_line_with_level_logger_and_message(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    configure_logging("info", "json")
+    stop_logging = configure_logging("info", "json")
 
     logging.getLogger("paastis.test").info("woke %s in %.1fs", "hello", 1.25)
     logging.getLogger("paastis.other").warning("second line")
 
-    entries = [json.loads(line) for line in logged_lines(capsys)]
+    entries = [json.loads(line) for line in logged_lines(capsys, stop_logging)]
     assert [(e["level"], e["logger"], e["message"]) for e in entries] == [
         ("info", "paastis.test", "woke hello in 1.2s"),
         ("warning", "paastis.other", "second line"),
@@ -46,100 +50,128 @@ def test_json_format_prints_one_object_per_line_with_level_logger_and_message(
 
 
 def test_json_format_includes_extra_fields(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("info", "json")
+    stop_logging = configure_logging("info", "json")
 
     logging.getLogger("paastis.test").info("request", extra={"app": "hello", "status": 200})
 
-    [entry] = [json.loads(line) for line in logged_lines(capsys)]
+    [entry] = [json.loads(line) for line in logged_lines(capsys, stop_logging)]
     assert (entry["app"], entry["status"]) == ("hello", 200)
 
 
 def test_json_format_keeps_a_multi_line_exception_on_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    configure_logging("info", "json")
+    stop_logging = configure_logging("info", "json")
 
     try:
         raise RuntimeError("boom")
     except RuntimeError:
         logging.getLogger("paastis.test").exception("it failed")
 
-    [line] = logged_lines(capsys)
+    [line] = logged_lines(capsys, stop_logging)
     entry = json.loads(line)
     assert "RuntimeError: boom" in entry["exception"]
 
 
 def test_text_format_prints_level_logger_and_message(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("info", "text")
+    stop_logging = configure_logging("info", "text")
 
     logging.getLogger("paastis.test").info("hello %s", "world")
 
-    [line] = logged_lines(capsys)
+    [line] = logged_lines(capsys, stop_logging)
     assert "INFO" in line
     assert "paastis.test: hello world" in line
 
 
 def test_level_filters_lower_messages(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("warning", "text")
+    stop_logging = configure_logging("warning", "text")
 
     logging.getLogger("paastis.test").info("hidden")
     logging.getLogger("paastis.test").warning("shown")
 
-    assert [line.rsplit(": ", 1)[1] for line in logged_lines(capsys)] == ["shown"]
+    assert [line.rsplit(": ", 1)[1] for line in logged_lines(capsys, stop_logging)] == ["shown"]
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_secret_in_a_message_argument_is_masked(
     capsys: pytest.CaptureFixture[str], fmt: str
 ) -> None:
-    configure_logging("info", fmt, [SECRET])
+    stop_logging = configure_logging("info", fmt, [SECRET])
 
     logging.getLogger("paastis.test").info("calling with token %s", SECRET)
 
-    [line] = logged_lines(capsys)
+    [line] = logged_lines(capsys, stop_logging)
     assert SECRET not in line
     assert "calling with token ***" in line
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_secret_in_an_exception_is_masked(capsys: pytest.CaptureFixture[str], fmt: str) -> None:
-    configure_logging("info", fmt, [SECRET])
+    stop_logging = configure_logging("info", fmt, [SECRET])
 
     try:
         raise ValueError(f"bad token {SECRET}")
     except ValueError:
         logging.getLogger("paastis.test").exception("provider call failed")
 
-    output = "\n".join(logged_lines(capsys))
+    output = "\n".join(logged_lines(capsys, stop_logging))
     assert SECRET not in output
     assert "bad token ***" in output
 
 
 def test_secret_in_an_extra_field_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("info", "json", [SECRET])
+    stop_logging = configure_logging("info", "json", [SECRET])
 
     logging.getLogger("paastis.test").info("call", extra={"url": f"https://x/?token={SECRET}"})
 
-    [line] = logged_lines(capsys)
+    [line] = logged_lines(capsys, stop_logging)
     assert SECRET not in line
     assert json.loads(line)["url"] == "https://x/?token=***"
 
 
 def test_secret_from_a_third_party_logger_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("debug", "text", [SECRET])
+    stop_logging = configure_logging("debug", "text", [SECRET])
 
     logging.getLogger("aiohttp.client").warning("Authorization: Bearer %s", SECRET)
 
-    [line] = logged_lines(capsys)
+    [line] = logged_lines(capsys, stop_logging)
     assert SECRET not in line
 
 
 def test_longer_secret_is_masked_before_a_shorter_one_it_contains(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    configure_logging("info", "text", ["abcd", "abcdefgh-long"])
+    stop_logging = configure_logging("info", "text", ["abcd", "abcdefgh-long"])
 
     logging.getLogger("paastis.test").info("token abcdefgh-long")
 
-    [line] = logged_lines(capsys)
+    [line] = logged_lines(capsys, stop_logging)
     assert line.endswith("token ***")
+
+
+class BlockedStream(io.StringIO):
+    """A stderr whose writes wait until released, like a full pipe to a log collector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.released.wait(timeout=10)
+        return super().write(text)
+
+
+def test_a_blocked_stderr_never_blocks_the_code_that_logs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = BlockedStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    stop_logging = configure_logging("info", "text")
+
+    logging.getLogger("paastis.test").info("logged while stderr is blocked")
+    written_meanwhile = stream.getvalue()
+    stream.released.set()
+    stop_logging()
+
+    assert written_meanwhile == ""  # the call returned before anything could be written
+    assert "logged while stderr is blocked" in stream.getvalue()

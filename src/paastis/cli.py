@@ -71,16 +71,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(describe(settings), indent=2, default=str))
         print("paastis: configuration OK", file=sys.stderr)
         return 0
-    configure_logging(settings.log_level, settings.log_format, secrets_of(settings))
+    stop_logging = configure_logging(settings.log_level, settings.log_format, secrets_of(settings))
     from paastis.server import Server
 
     try:
         asyncio.run(Server(settings).run())
     except ConfigError as exc:  # found while building the pieces
+        stop_logging()
         return config_error(exc)
     except OSError as exc:  # e.g. the port is taken
+        stop_logging()  # the log lines first, then this one
         print(f"paastis: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        stop_logging()  # flushes the lines still queued
     return 0
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import queue
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
 
 # Attributes every LogRecord has; anything else was passed through `extra=`.
 STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -69,15 +72,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
+class _Enqueue(QueueHandler):
+    """Hands records to the writer thread, rendered enough to cross threads safely: the
+    message with its arguments, and the traceback as text (the formatters reuse it)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> Callable[[], None]:
+    """Sends every log line through a queue to a writer thread, so a slow stderr (a full pipe
+    to a log collector) never blocks the event loop. Returns the function that flushes what
+    is queued and stops the writer, to call before exiting."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(SecretFilter(secrets))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    writer = QueueListener(records, handler)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Enqueue(records)]
     root.setLevel(level.upper())
     # aiohttp's own access log would duplicate ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    writer.start()
+
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if not stopped:  # QueueListener.stop() fails when called twice
+            stopped = True
+            writer.stop()
+
+    return stop
