@@ -15,8 +15,9 @@ import redis.asyncio as aioredis
 from paastis.events import APP_STARTED, APP_STOPPED, Event
 from paastis.registry import RunningApp
 from paastis.registry.redis import RedisRegistry, to_micros
-from paastis.registry.redis_connection import RedisConnection, mask_url
+from paastis.registry.redis_connection import RedisConnection
 from paastis.registry.redis_events import RedisEventLog
+from paastis.urls import mask_url
 
 if TYPE_CHECKING:
     from redis_support import RedisDatabase, RedisServer

@@ -4,7 +4,6 @@ and handed down as one immutable object. Nothing else reads the environment."""
 from __future__ import annotations
 
 import io
-import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from yarl import URL
 from paastis.errors import ConfigError
 from paastis.providers.local import LocalAppSpec
 from paastis.rules import MAX_IDLE_MINUTES, Rule, RuleSet, load_rules_file
+from paastis.urls import mask_url
 
 PROVIDERS = ("scalingo", "heroku", "clever-cloud", "local")
 # Hook name -> the variable holding its shell command.
@@ -459,14 +459,6 @@ class Environment:
             ) from None
 
 
-def is_ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
 def parse_url(value: str) -> URL | None:
     """The URL, or None when it cannot even be parsed (e.g. `http://[::1`, a bad port)."""
     try:
@@ -475,15 +467,6 @@ def parse_url(value: str) -> URL | None:
     except ValueError:
         return None
     return url
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***`, fit for logs and errors."""
-    parsed = parse_url(url)
-    if parsed is None:
-        # Unparseable: hide whatever may sit between `://` and `@`.
-        return re.sub(r"(?<=://)[^/@]*@", "***@", url)
-    return str(parsed.with_password("***")) if parsed.password else url
 
 
 def describe(settings: Settings) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -17,6 +16,7 @@ from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from paastis.registry import RegistryUnavailable
+from paastis.urls import mask_url
 
 log = logging.getLogger("paastis.redis")
 
@@ -190,25 +190,3 @@ async def stop_task(task: asyncio.Task[None], timeout: float = 2.0) -> None:
         log.warning("background task %s did not stop within %.1f s", task.get_name(), timeout)
     elif not task.cancelled() and task.exception() is not None:
         log.error("background task %s failed", task.get_name(), exc_info=task.exception())
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password (in the authority or the query) replaced by `***`."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, host = netloc.rpartition("@")
-    if at:
-        user, colon, _password = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
-    query = parts.query
-    if query:
-        pairs = [
-            (key, "***" if key.lower() == "password" else value)
-            for key, value in parse_qsl(query, keep_blank_values=True)
-        ]
-        query = urlencode(pairs, safe="*")
-    # Not urlunsplit: it drops the empty authority of unix:///path.
-    masked = f"{parts.scheme}://{netloc}{parts.path}"
-    if query:
-        masked += f"?{query}"
-    return masked + (f"#{parts.fragment}" if parts.fragment else "")
