@@ -217,6 +217,17 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+def parse_time(value: Any) -> datetime | None:
+    """An aware datetime from an API's ISO 8601 timestamp (UTC when it has no offset)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def redact_url(url: str) -> str:
     """The URL without credentials or query string, fit for a log line."""
     parsed = URL(url)

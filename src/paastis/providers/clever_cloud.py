@@ -23,7 +23,13 @@ from paastis.providers import (
     ProviderError,
     WakeTimeout,
 )
-from paastis.providers.api import ApiClient, ApiResponse, ProviderCallCounter, RetryPolicy
+from paastis.providers.api import (
+    ApiClient,
+    ApiResponse,
+    ProviderCallCounter,
+    RetryPolicy,
+    parse_time,
+)
 
 log = logging.getLogger("paastis.provider.clever_cloud")
 
@@ -131,13 +137,7 @@ def _parse_date(value: Any) -> datetime | None:
     """Clever dates come as epoch milliseconds (creationDate) or ISO 8601 strings."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return datetime.fromtimestamp(value / 1000, UTC)
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return None
+    return parse_time(value)
 
 
 @dataclass

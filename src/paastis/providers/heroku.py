@@ -27,7 +27,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -43,7 +42,13 @@ from paastis.providers import (
     ProviderError,
     WakeTimeout,
 )
-from paastis.providers.api import ApiClient, ApiResponse, ProviderCallCounter, RetryPolicy
+from paastis.providers.api import (
+    ApiClient,
+    ApiResponse,
+    ProviderCallCounter,
+    RetryPolicy,
+    parse_time,
+)
 
 log = logging.getLogger("paastis.provider.heroku")
 
@@ -120,16 +125,6 @@ def classify_dynos(dynos: Any) -> tuple[AppState, str]:
         return AppState.FAILED, "crashed"
     # `starting`, `down`, or crashed dynos beside ones Heroku is still booting.
     return AppState.STARTING, "starting"
-
-
-def parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class HerokuProvider:

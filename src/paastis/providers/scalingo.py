@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -26,7 +25,13 @@ from paastis.providers import (
     ProviderError,
     WakeTimeout,
 )
-from paastis.providers.api import ApiClient, ApiResponse, ProviderCallCounter, RetryPolicy
+from paastis.providers.api import (
+    ApiClient,
+    ApiResponse,
+    ProviderCallCounter,
+    RetryPolicy,
+    parse_time,
+)
 from paastis.providers.ratelimit import TokenBucket
 
 log = logging.getLogger("paastis.provider.scalingo")
@@ -392,17 +397,6 @@ def jwt_expiry(jwt: str) -> float:
     except (IndexError, KeyError, TypeError, ValueError, binascii.Error):
         log.warning("scalingo JWT has no readable exp; assuming the documented one hour")
         return time.time() + JWT_DEFAULT_LIFETIME
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An aware datetime from Scalingo's ISO 8601 timestamps (UTC when no offset)."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _app_path(name: str, *parts: str) -> str:
