@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
+
+from waiting import eventually
 
 
 def process_running(pid: int) -> bool:
@@ -40,18 +40,9 @@ def read(path: Path) -> str | None:
     return path.read_text() if path.exists() else None
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Polls `condition` until it holds; TimeoutError after `within` seconds."""
-    async with asyncio.timeout(within):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-
-
 async def read_pid(path: Path) -> int:
     """The pid a process wrote to `path`, once it has written it."""
-    await wait_until(lambda: bool((read(path) or "").strip()))
+    await eventually(lambda: (read(path) or "").strip(), what=f"a pid in {path}")
     return int(read(path) or "")
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import url_of
 from harness import SYSTEM_API, SYSTEM_TOKEN, scalingo_env
+from waiting import eventually
 
 
 async def admin_get(proxy, path: str, headers: dict[str, str] | None = None):
@@ -29,15 +30,6 @@ def sample(text: str, name: str, **labels: str) -> float | None:
         if all(found.get(k) == v for k, v in labels.items()):
             return float(match[3])
     return None
-
-
-async def eventually(check, timeout: float = 5.0) -> None:
-    """Returns once `check()` is true; fails after `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if check():
-                return
-            await asyncio.sleep(0.01)
 
 
 # --- health -----------------------------------------------------------------------------------

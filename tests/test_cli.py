@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import http.client
@@ -20,6 +21,7 @@ import pytest
 
 from paastis import __version__
 from processes import accepts_connections, free_port, process_running
+from waiting import eventually
 
 PYTHON = sys.executable
 SCRIPT = Path(sys.executable).with_name("paastis")
@@ -82,14 +84,6 @@ def run(
     )
 
 
-def wait_until(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        time.sleep(0.02)
-
-
 def get(port: int, host: str, path: str = "/") -> tuple[int, dict[str, str], str]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=RUN_TIMEOUT)
     try:
@@ -118,7 +112,7 @@ class Daemon:
                 raise AssertionError(f"paastis exited with {self.proc.returncode}:\n{self.stderr}")
             return accepts_connections(self.port)
 
-        wait_until(listening, within=15, what="paastis to listen")
+        asyncio.run(eventually(listening, timeout=15, what="paastis to listen"))
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -534,7 +528,7 @@ def run_sigterm_scenario(
 
     request = threading.Thread(target=in_flight_request, daemon=True)
     request.start()
-    wait_until(marker.exists, within=10, what="the slow request to reach the app")
+    asyncio.run(eventually(marker.exists, timeout=10, what="the slow request to reach the app"))
 
     daemon.signal(signal.SIGTERM)
     signalled = time.monotonic()

@@ -19,6 +19,7 @@ from harness import SCALINGO_TOKEN, SYSTEM_API, RunningPaastis, scalingo_env, sy
 from paastis.config import CommandLine, load_settings
 from paastis.errors import ConfigError
 from paastis.registry.redis import to_micros
+from waiting import eventually
 
 if TYPE_CHECKING:
     from redis_support import RedisDatabase, RedisServer
@@ -74,15 +75,6 @@ async def settle(proxies: list[RunningPaastis]) -> None:
     """Waits for the start-up ticks (each instance lists the apps, one registers them)."""
     for proxy in proxies:
         await proxy.tick()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 async def get_json(proxy: RunningPaastis, path: str) -> Any:
@@ -184,7 +176,7 @@ async def test_instance_that_did_not_stop_the_app_wakes_it_on_the_next_request(
     async def b_knows_it_sleeps() -> bool:
         return b.server.catalog.lookup("shared").state.value == "stopped"
 
-    await eventually(b_knows_it_sleeps, "instance B hears of the stop")
+    await eventually(b_knows_it_sleeps, timeout=WAIT, what="instance B hears of the stop")
     assert len(emulator.log) == provider_calls, "B learnt it from the event, not the provider"
     async with b.get("shared.example.net") as response:
         assert response.status == 200
@@ -211,7 +203,7 @@ async def test_request_on_another_instance_during_a_stop_waits_for_it_then_wakes
     async def b_knows_a_stop_began() -> bool:
         return b.server.catalog.lookup("racy").state.value == "stopped"
 
-    await eventually(b_knows_a_stop_began, "instance B hears that a stop began")
+    await eventually(b_knows_a_stop_began, timeout=WAIT, what="instance B hears that a stop began")
     assert not stopping.done(), "the stop should still be under way"
     emulator.boot_delay = 0.2
     async with b.get("racy.example.net") as response:
@@ -322,7 +314,9 @@ async def test_a_thousand_requests_cost_fewer_than_fifty_redis_commands(
     proxy = await paastis(redis_env(api_url, server.url))
     await proxy.tick()
     store = redis_client(server.url)
-    await eventually(lambda: has_last_access(store, "hot"), "the app is registered")
+    await eventually(
+        lambda: has_last_access(store, "hot"), timeout=WAIT, what="the app is registered"
+    )
     await asyncio.sleep(1.2)  # let start-up writes settle
     before = await command_calls(store)
     started = datetime.now(UTC)
@@ -375,7 +369,7 @@ async def test_redis_killed_mid_traffic_fails_no_request_and_stops_nothing_until
     proxy = await paastis(redis_env(api_url, server.url), rules=rules)
     store = redis_client(server.url)
     await proxy.tick()
-    await eventually(lambda: has_last_access(store, "idle"), "apps registered")
+    await eventually(lambda: has_last_access(store, "idle"), timeout=WAIT, what="apps registered")
 
     statuses: list[int] = []
     during_outage: list[datetime] = []
@@ -402,7 +396,9 @@ async def test_redis_killed_mid_traffic_fails_no_request_and_stops_nothing_until
             await asyncio.sleep(0.3)
         server.start()
         restarted = time.monotonic()
-        await eventually(async_true(lambda: proxy.server.registry.available), "redis is back")
+        await eventually(
+            lambda: proxy.server.registry.available, timeout=WAIT, what="redis is back"
+        )
         caught_up = time.monotonic() - restarted
         await asyncio.sleep(0.3)  # traffic goes on after the recovery too
     finally:
@@ -433,13 +429,6 @@ async def test_redis_killed_mid_traffic_fails_no_request_and_stops_nothing_until
     assert (await proxy.tick()).stopped == ["idle"]  # normal operation, without a restart
 
 
-def async_true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def wrapped() -> bool:
-        return check()
-
-    return wrapped
-
-
 async def test_paastis_starts_without_redis_serves_and_catches_up_when_it_comes(
     scalingo, redis_server_factory, upstream_factory, paastis, redis_client, caplog
 ):
@@ -459,7 +448,7 @@ async def test_paastis_starts_without_redis_serves_and_catches_up_when_it_comes(
     assert any("redis unreachable" in r.getMessage() for r in caplog.records)
 
     server.start()
-    await eventually(async_true(lambda: proxy.server.registry.available), "redis is reached")
+    await eventually(lambda: proxy.server.registry.available, timeout=WAIT, what="redis is reached")
     store = redis_client(server.url)
     assert await store.hexists(PREFIX + "apps", "sleepy")
     await proxy.tick()

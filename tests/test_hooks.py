@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from paastis.hooks import Hooks
-from processes import group_running, process_running, read, read_pid, wait_until
+from processes import group_running, process_running, read, read_pid
+from waiting import eventually
 
 
 @pytest.fixture
@@ -171,7 +172,7 @@ async def test_cancelling_a_hook_kills_its_process(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    await wait_until(lambda: not group_running(pid))
+    await eventually(lambda: not group_running(pid))
 
 
 def test_an_unknown_hook_name_is_rejected() -> None:

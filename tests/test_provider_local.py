@@ -22,8 +22,8 @@ from processes import (
     process_running,
     read,
     read_pid,
-    wait_until,
 )
+from waiting import eventually
 
 PYTHON = shlex.quote(sys.executable)
 
@@ -216,7 +216,7 @@ async def test_a_command_apps_output_is_logged_with_its_name(
 
     await provider.start("chatty", None)
 
-    await wait_until(lambda: "chatty: hello-there" in [r.getMessage() for r in caplog.records])
+    await eventually(lambda: "chatty: hello-there" in [r.getMessage() for r in caplog.records])
 
 
 async def test_close_terminates_every_spawned_process(tmp_path: Path) -> None:

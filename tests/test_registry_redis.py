@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -18,6 +18,7 @@ from paastis.registry.redis import RedisRegistry, to_micros
 from paastis.registry.redis_connection import RedisConnection
 from paastis.registry.redis_events import RedisEventLog
 from paastis.urls import mask_url
+from waiting import eventually
 
 if TYPE_CHECKING:
     from redis_support import RedisDatabase, RedisServer
@@ -38,14 +39,6 @@ def running_app(name: str = "hello", last_access: datetime = T0) -> RunningApp:
         started_at=T0 - timedelta(hours=1),
         last_accessed_at=last_access,
     )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not true within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -241,7 +234,7 @@ async def test_an_older_stamp_from_another_instance_never_overwrites_a_newer_one
     async def newer_written() -> bool:
         return await stored_last_access(raw, "hello") == to_micros(newer)
 
-    await eventually(newer_written)
+    await eventually(newer_written, timeout=WAIT)
     second.registry.stamp("hello", older)
     await instances.close(second)  # every write of the second instance is done
 
@@ -286,7 +279,7 @@ async def test_close_writes_the_stamps_not_yet_flushed(
     async def first_written() -> bool:
         return await stored_last_access(raw, "hello") == to_micros(T0 + timedelta(minutes=1))
 
-    await eventually(first_written)
+    await eventually(first_written, timeout=WAIT)
     paastis.registry.stamp("hello", T0 + timedelta(minutes=2))  # waits for the next interval
 
     await instances.close(paastis)
@@ -404,7 +397,7 @@ async def test_listeners_of_every_instance_hear_each_event_exactly_once(
     async def both_heard_both() -> bool:
         return len(first.heard) >= 2 and len(second.heard) >= 2
 
-    await eventually(both_heard_both)
+    await eventually(both_heard_both, timeout=WAIT)
     await asyncio.sleep(0.2)  # several tail rounds: a duplicate would show by now
     expected = {(APP_STOPPED, "one"), (APP_STARTED, "two")}
     for instance in (first, second):
@@ -464,7 +457,7 @@ async def test_availability_turns_false_when_redis_is_lost_and_true_when_back(
 
     server.start()
 
-    await eventually(lambda: is_available(paastis))
+    await eventually(lambda: is_available(paastis), timeout=WAIT)
     assert lost is False
 
 
@@ -487,7 +480,7 @@ async def test_stamps_made_while_redis_is_down_are_written_once_it_is_back(
         app = await observer.registry.get("hello")
         return app is not None and app.last_accessed_at == T0 + timedelta(minutes=9)
 
-    await eventually(written)
+    await eventually(written, timeout=WAIT)
 
 
 async def test_writes_made_while_redis_is_down_are_written_once_it_is_back(
@@ -504,7 +497,7 @@ async def test_writes_made_while_redis_is_down_are_written_once_it_is_back(
     await paastis.registry.remember_formation("stopped-meanwhile", {"web": 3})
 
     server.start()
-    await eventually(lambda: is_available(paastis))
+    await eventually(lambda: is_available(paastis), timeout=WAIT)
     observer = await instances.start(server.url)
 
     assert [app.name for app in await observer.registry.list()] == ["discovered-meanwhile"]
@@ -522,7 +515,7 @@ async def test_a_registry_started_while_redis_is_down_catches_up_when_it_comes_u
     down_at_start = paastis.registry.available
     server.start()
 
-    await eventually(lambda: is_available(paastis))
+    await eventually(lambda: is_available(paastis), timeout=WAIT)
     observer = await instances.start(server.url)
     assert down_at_start is False
     assert await observer.registry.get("hello") == running_app(
@@ -546,7 +539,7 @@ async def test_an_outage_is_logged_once_when_lost_and_once_when_back_without_pas
         paastis.registry.stamp("hello", T0)
         await paastis.events.record(APP_STARTED, "hello")
     server.start()
-    await eventually(lambda: is_available(paastis))
+    await eventually(lambda: is_available(paastis), timeout=WAIT)
 
     lines = [record.getMessage() for record in caplog.records if record.name == "paastis.redis"]
     assert [line.split(" at ")[0] for line in lines] == ["redis unreachable", "redis is back"]
@@ -570,7 +563,7 @@ async def test_an_event_recorded_while_redis_is_down_reaches_the_other_instances
     async def heard_elsewhere() -> bool:
         return len(listener.heard) >= 1
 
-    await eventually(heard_elsewhere)
+    await eventually(heard_elsewhere, timeout=WAIT)
     await asyncio.sleep(0.2)
     assert heard_at_once == [(APP_STOPPED, "hello")]
     assert [(event.name, event.oid) for event in listener.heard] == [(APP_STOPPED, "hello")]

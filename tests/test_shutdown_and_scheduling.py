@@ -8,7 +8,7 @@ import pytest
 
 from conftest import url_of
 from harness import scalingo_env
-from processes import wait_until
+from waiting import eventually
 
 NAVIGATION = {"Accept": "text/html,application/xhtml+xml", "Sec-Fetch-Mode": "navigate"}
 
@@ -69,7 +69,7 @@ async def test_request_arriving_during_the_readiness_check_joins_the_wake(
 
     first = asyncio.ensure_future(get())
     # The provider says it runs and the readiness check has begun.
-    await wait_until(lambda: upstream.health_checks > 0, within=10)
+    await eventually(lambda: upstream.health_checks > 0, timeout=10)
     second = asyncio.ensure_future(get())
     await asyncio.sleep(0.2)
     assert not second.done(), "a request must not reach an app that is not ready"
