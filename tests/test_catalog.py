@@ -92,6 +92,8 @@ async def test_a_listing_asked_before_paastis_changed_a_state_does_not_undo_it(
     await listing
 
     assert catalog.lookup("woken").state is AppState.RUNNING
+    assert catalog.lookup("woken").status is None  # not the listing's stale "stopped"
     clock.advance(1)
     await catalog.refresh()  # a listing asked afterwards is believed
     assert catalog.lookup("woken").state is AppState.STOPPED
+    assert catalog.lookup("woken").status == "stopped"

@@ -428,3 +428,55 @@ async def test_disabled_system_api_proxies_system_requests_like_any_other(
     assert (record["app"], record["method"], record["path"]) == ("front", "DELETE", "/apps")
     assert "PaastisProxyTarget" not in record["headers"]
     assert "PaastisProxySystemApiToken" not in record["headers"]
+
+
+# --- the app's status right after a change (DESIGN §6, last sentence) --------------------------
+
+
+async def status_of(proxy, name: str) -> str:
+    status, app, _ = await call(proxy, "GET", f"/apps/{name}")
+    assert status == 200
+    return app["status"]
+
+
+async def test_status_is_running_as_soon_as_a_start_by_the_api_completed(
+    scalingo, upstream_factory, paastis
+):
+    emulator, api_url = scalingo
+    _upstream, server = await upstream_factory("sleepy")
+    emulator.add_app("sleepy", status="stopped", base_url=url_of(server))
+    proxy = await paastis(system_api_env(api_url))
+    assert await status_of(proxy, "sleepy") == "stopped"
+
+    await call(proxy, "POST", "/apps/sleepy/start")
+    await wait_for_event(proxy, "APP_STARTED", "sleepy")
+
+    assert await status_of(proxy, "sleepy") == "running"
+
+
+async def test_status_is_stopped_as_soon_as_a_stop_by_the_api_began(scalingo, paastis):
+    emulator, api_url = scalingo
+    emulator.add_app("busy")
+    proxy = await paastis(system_api_env(api_url))
+    assert await status_of(proxy, "busy") == "running"
+
+    await call(proxy, "POST", "/apps/busy/stop")
+    await wait_for_event(proxy, "APP_STOPPED", "busy")
+
+    assert await status_of(proxy, "busy") == "stopped"
+
+
+async def test_status_follows_a_wake_by_a_request_and_a_stop_by_a_tick(
+    scalingo, upstream_factory, paastis
+):
+    emulator, api_url = scalingo
+    _upstream, server = await upstream_factory("story")
+    emulator.add_app("story", base_url=url_of(server))
+    proxy = await paastis(system_api_env(api_url, START_AND_STOP_MAX_IDLE_TIME="0"))
+    await proxy.tick()  # registers
+    await proxy.tick()  # stops
+
+    assert await status_of(proxy, "story") == "stopped"
+    async with proxy.get("story.example.net") as response:  # wakes
+        assert response.status == 200
+    assert await status_of(proxy, "story") == "running"

@@ -104,7 +104,7 @@ class AppCatalog:
             known = previous.get(app.name)
             changed_since = asked_at is not None and self._changed_at.get(app.name, -1) >= asked_at
             if known is not None and (app.state is AppState.UNKNOWN or changed_since):
-                app = replace(app, state=known.state)
+                app = replace(app, state=known.state, status=known.status)
             if app.upstream_url is None and known is not None and known.upstream_url:
                 app = replace(app, upstream_url=known.upstream_url)
             self._put(app)
@@ -115,9 +115,11 @@ class AppCatalog:
         self._put(app)
 
     def set_state(self, name: str, state: AppState) -> None:
+        """Records a state paastis brought about; the provider's raw status string, now
+        stale, is dropped so that the system API reports the new state at once."""
         app = self._apps.get(name)
         if app is not None and app.state is not state:
-            self._apps[name] = replace(app, state=state)
+            self._apps[name] = replace(app, state=state, status=None)
             self._changed_at[name] = self._clock()
 
     async def fetch(self, name: str) -> PaasApp:
