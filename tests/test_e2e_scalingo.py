@@ -173,6 +173,27 @@ async def test_linked_apps_are_woken_together(scalingo, upstream_factory, paasti
     assert emulator.status_of("pr7-back") == "running"
 
 
+async def test_a_linked_app_that_fails_to_wake_is_the_one_named_in_the_warning(
+    scalingo, upstream_factory, paastis, caplog
+):
+    emulator, api_url = scalingo
+    _, front_server = await upstream_factory("pr8-front")
+    emulator.add_app("pr8-front", status="stopped", base_url=url_of(front_server))
+    emulator.add_app("pr8-awake")  # runs already: nothing to wake
+    emulator.add_app("pr8-broken", status="stopped")
+    emulator.fail_next("scale", 500, times=10, app="pr8-broken")
+    rules = "rules:\n  - pattern: 'pr8-front'\n    linked_apps: ['pr8-awake', 'pr8-broken']\n"
+    proxy = await paastis(scalingo_env(api_url), rules=rules)
+    await proxy.tick()
+
+    async with proxy.get("pr8-front.example.net") as response:
+        assert response.status == 200
+
+    warnings = [r.getMessage() for r in caplog.records if "did not wake" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("linked app pr8-broken of pr8-front did not wake")
+
+
 async def test_app_name_rule_routes_a_host_to_another_app(scalingo, upstream_factory, paastis):
     emulator, api_url = scalingo
     _upstream, upstream_server = await upstream_factory("app-review-pr12-back")

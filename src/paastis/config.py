@@ -17,8 +17,7 @@ from dotenv.parser import parse_stream
 from yarl import URL
 
 from paastis.errors import ConfigError
-from paastis.providers.local import LocalAppSpec
-from paastis.rules import MAX_IDLE_MINUTES, Rule, RuleSet, load_rules_file
+from paastis.rules import MAX_IDLE_MINUTES, LocalAppSpec, Rule, RuleSet, load_rules_file
 from paastis.urls import mask_url
 
 PROVIDERS = ("scalingo", "heroku", "clever-cloud", "local")

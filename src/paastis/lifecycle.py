@@ -162,13 +162,15 @@ class Lifecycle:
             app = await self.catalog.fetch(app_name)
         if app is not None and app.state is AppState.RUNNING:
             return False
-        linked = self.rules.linked_closure(app_name, also=linked_apps)
+        asleep = [
+            name
+            for name in self.rules.linked_closure(app_name, also=linked_apps)
+            if not self._is_running(name)
+        ]
         results = await asyncio.gather(
-            self.wake(app_name),
-            *(self.wake(name) for name in linked if not self._is_running(name)),
-            return_exceptions=True,
+            self.wake(app_name), *(self.wake(name) for name in asleep), return_exceptions=True
         )
-        for name, result in zip(linked, results[1:], strict=False):
+        for name, result in zip(asleep, results[1:], strict=True):
             if isinstance(result, BaseException):
                 log.warning("linked app %s of %s did not wake: %s", name, app_name, result)
         if isinstance(results[0], BaseException):

@@ -13,7 +13,6 @@ from typing import Any
 import yaml
 
 from paastis.errors import ConfigError
-from paastis.providers.local import LocalAppSpec
 
 RULE_KEYS = frozenset(
     {"pattern", "app_name", "app_max_idle_time", "linked_apps", "upstream", "readiness_path"}
@@ -131,6 +130,40 @@ def missing_groups(template: str, groups: int) -> list[str]:
         for ref in GROUP_REFERENCE.finditer(template)
         if group_reference(ref.group(1), groups)[0] is None
     ]
+
+
+@dataclass(frozen=True)
+class LocalAppSpec:
+    """One app of the `apps:` section: either `command`, or `start` + `stop` (+ `status`)."""
+
+    name: str
+    upstream: str
+    command: str | None = None
+    start: str | None = None
+    stop: str | None = None
+    status: str | None = None
+
+    def __post_init__(self) -> None:
+        where = f"local app {self.name!r}"
+        if not self.name:
+            raise ValueError("a local app needs a name")
+        if not self.upstream:
+            raise ValueError(f"{where}: `upstream` is required")
+        for key in ("command", "start", "stop", "status"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                raise ValueError(f"{where}: `{key}` must not be empty")
+        if self.command is not None:
+            if any(v is not None for v in (self.start, self.stop, self.status)):
+                raise ValueError(
+                    f"{where}: give either `command`, or `start` and `stop` "
+                    "(with an optional `status`), not both"
+                )
+        elif self.start is None or self.stop is None:
+            raise ValueError(
+                f"{where}: needs either `command`, or both `start` and `stop` "
+                "(with an optional `status`)"
+            )
 
 
 @dataclass(frozen=True)

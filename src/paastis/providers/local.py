@@ -31,6 +31,7 @@ from paastis.providers import (
     PaasApp,
     WakeTimeout,
 )
+from paastis.rules import LocalAppSpec
 from paastis.shell import (
     ShellResult,
     finish_reading,
@@ -46,40 +47,6 @@ log = logging.getLogger("paastis.provider.local")
 PROVIDER_NAME = "local"
 # What a status command may print to say "not running" while exiting with 0.
 NOT_RUNNING_OUTPUTS = frozenset({"false", "0", "no", "stopped"})
-
-
-@dataclass(frozen=True)
-class LocalAppSpec:
-    """One app of the `apps:` section: either `command`, or `start` + `stop` (+ `status`)."""
-
-    name: str
-    upstream: str
-    command: str | None = None
-    start: str | None = None
-    stop: str | None = None
-    status: str | None = None
-
-    def __post_init__(self) -> None:
-        where = f"local app {self.name!r}"
-        if not self.name:
-            raise ValueError("a local app needs a name")
-        if not self.upstream:
-            raise ValueError(f"{where}: `upstream` is required")
-        for key in ("command", "start", "stop", "status"):
-            value = getattr(self, key)
-            if value is not None and not value.strip():
-                raise ValueError(f"{where}: `{key}` must not be empty")
-        if self.command is not None:
-            if any(v is not None for v in (self.start, self.stop, self.status)):
-                raise ValueError(
-                    f"{where}: give either `command`, or `start` and `stop` "
-                    "(with an optional `status`), not both"
-                )
-        elif self.start is None or self.stop is None:
-            raise ValueError(
-                f"{where}: needs either `command`, or both `start` and `stop` "
-                "(with an optional `status`)"
-            )
 
 
 @dataclass
