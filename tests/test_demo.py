@@ -1,0 +1,122 @@
+"""The README's "Try it" demo (examples/local.yml), run as a new user runs it: through a real
+paastis process whose working directory holds secrets the demo apps must never serve."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from processes import accepts_connections, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "local.yml"
+DEMO_PORTS = {"hello": "8001", "docs": "8002"}
+SECRET = "PAASTIS_DEMO_SECRET=do-not-serve-me-0123456789"
+
+
+def quiet_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, which every other test's
+    bind(0) draws from: the demo's apps bind theirs only at the first request, and a port
+    handed out meanwhile to another test would answer in their place."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(20000, min(low, 32768)), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
+def get(port: int, host: str, path: str) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        connection.request("GET", path, headers={"Host": host, "Accept": "*/*"})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def checkout_like(tmp_path: Path) -> Path:
+    """A directory laid out like a checkout: the examples, a `.env` and a `.git/config`,
+    with the demo's fixed ports swapped for free ones (other tests may hold 8001/8002)."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    demo = DEMO.read_text()
+    for port in DEMO_PORTS.values():
+        # Each port appears twice: the upstream and the command's listen port.
+        assert demo.count(port) == 2, f"examples/local.yml no longer uses port {port} twice"
+        demo = demo.replace(port, str(quiet_port()))
+    (tmp_path / "examples" / "local.yml").write_text(demo)
+    (tmp_path / ".env").write_text(SECRET + "\n")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("[remote]\n\turl = https://token@example.net\n")
+    return tmp_path
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[int]:
+    """paastis running the demo as the README says; yields its port."""
+    cwd = checkout_like(tmp_path / "checkout")
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PROVIDER_NAME": "local",
+        "PORT": str(port),
+    }
+    stderr_path = tmp_path / "paastis.err"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            # The README's command, run from the root of the checkout.
+            [
+                sys.executable,
+                "-m",
+                "paastis",
+                "--host",
+                "127.0.0.1",
+                "--config",
+                "examples/local.yml",
+            ],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while not accepts_connections(port):
+            assert proc.poll() is None, stderr_path.read_text()
+            assert time.monotonic() < deadline, "paastis did not listen within 15 s"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.mark.parametrize("app", sorted(DEMO_PORTS))
+def test_the_demo_apps_serve_their_own_page_not_the_checkout(demo: int, app: str) -> None:
+    status, body = get(demo, app, "/")
+    assert status == 200
+    assert f"<h1>{app}</h1>" in body
+    for secret in ("/.env", "/.git/config", "/examples/local.yml"):
+        status, body = get(demo, app, secret)
+        assert status == 404, f"{app} served {secret}"
+        assert "do-not-serve-me" not in body and "token@" not in body
