@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -75,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from paastis.server import Server
 
     try:
-        asyncio.run(Server(settings).run())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(Server(settings).run())
     except ConfigError as exc:  # found while building the pieces
         stop_logging()
         return config_error(exc)
@@ -86,6 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stop_logging()  # flushes the lines still queued
     return 0
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when the `speed` extra is installed, else asyncio's (None)."""
+    log = logging.getLogger("paastis.cli")
+    try:
+        import uvloop
+    except ImportError:
+        log.info("event loop: asyncio (pip install 'paastis[speed]' for uvloop)")
+        return None
+    log.info("event loop: uvloop %s", uvloop.__version__)
+    return uvloop.new_event_loop
 
 
 def config_error(exc: ConfigError) -> int:
