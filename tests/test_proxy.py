@@ -46,6 +46,7 @@ class ProbeUpstream:
         r.add_get("/redirect-away", self.redirect_away)
         r.add_get("/held-stream", self.held_stream)
         r.add_get("/broken-stream", self.broken_stream)
+        r.add_get("/dies-before-answering", self.dies_before_answering)
         r.add_get("/slow", self.slow)
         r.add_get("/hold", self.hold)
         r.add_get("/ws", self.websocket)
@@ -131,6 +132,12 @@ class ProbeUpstream:
         # read yet, and the test would then see a 502 before any byte.
         request.transport.close()
         return response
+
+    async def dies_before_answering(self, request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()
+        await asyncio.sleep(0.1)
+        return web.Response(text="never sent")
 
     async def slow(self, request: web.Request) -> web.Response:
         await asyncio.sleep(2)
@@ -572,24 +579,30 @@ async def test_response_chunks_arrive_before_the_upstream_finishes(scalingo, pro
     assert rest == b"rest\n"
 
 
-async def test_upstream_dying_mid_small_answer_is_a_clean_502(scalingo, probe, paastis):
-    # A small body is read before anything is sent, so the client can get a real error.
+@pytest.mark.parametrize("length", [1000, 10_000_000])
+async def test_upstream_dying_mid_answer_breaks_the_clients_answer(
+    scalingo, probe, paastis, length
+):
+    # Small or large, an answer is streamed as it comes: once its head is out, a failure can
+    # only cut the client's connection, never pass a truncated answer off as complete.
     proxy = await proxied(scalingo, probe, paastis)
 
-    async with proxy.get("web.example.net", "/broken-stream") as response:
-        assert response.status == 502
-
-
-async def test_upstream_dying_mid_large_answer_breaks_the_clients_answer(scalingo, probe, paastis):
-    proxy = await proxied(scalingo, probe, paastis)
-
-    async with proxy.get("web.example.net", "/broken-stream?length=10000000") as response:
+    async with proxy.get("web.example.net", f"/broken-stream?length={length}") as response:
         assert response.status == 200
         start = await asyncio.wait_for(response.content.readexactly(100), timeout=5)
         with pytest.raises(aiohttp.ClientPayloadError):
             await asyncio.wait_for(response.content.read(), timeout=5)
 
     assert start == b"x" * 100
+
+
+async def test_upstream_dying_before_answering_is_a_clean_502(scalingo, probe, paastis):
+    proxy = await proxied(scalingo, probe, paastis)
+
+    async with proxy.get("web.example.net", "/dies-before-answering") as response:
+        assert response.status == 502
+        assert response.headers["Cache-Control"] == "no-store"
+        assert (await response.text()).startswith("paastis: ")
 
 
 async def test_stream_is_cut_after_the_maximum_connection_lifetime(scalingo, probe, paastis):

@@ -81,6 +81,7 @@ class Settings:
     connect_timeout: float
     read_timeout: float
     max_connection_lifetime: float | None
+    header_timeout: float
     log_level: str
     log_format: str
     rules_file: Path | None
@@ -197,6 +198,7 @@ def build_settings(env: Environment, rules_file: Path | None) -> Settings:
         connect_timeout=env.number("PROXY_CONNECT_TIMEOUT", 10, minimum=0.1),
         read_timeout=env.number("PROXY_READ_TIMEOUT", 300, minimum=0.1),
         max_connection_lifetime=env.optional_number("PROXY_MAX_CONNECTION_LIFETIME", minimum=1),
+        header_timeout=env.number("PROXY_HEADER_TIMEOUT", 30, minimum=0.1),
         log_level=log_level(env),
         log_format=env.choice("LOG_FORMAT", ("text", "json"), "text"),
         rules_file=rules_file,

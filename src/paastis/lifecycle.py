@@ -108,8 +108,6 @@ class Lifecycle:
         self._locks: dict[str, asyncio.Lock] = {}
         self._asleep_since: dict[str, float] = {}
         self._asleep_total: Counter[str] = Counter()
-        self._cold_starts: Counter[str] = Counter()
-        self._stopping: set[str] = set()
         event_log.subscribe(self._on_event)
 
     # --- the hot path's helpers -------------------------------------------------------------
@@ -214,9 +212,6 @@ class Lifecycle:
     def is_waking(self, app_name: str) -> bool:
         return app_name in self._wakes
 
-    def is_stopping(self, app_name: str) -> bool:
-        return app_name in self._stopping
-
     async def _wake(self, app_name: str) -> None:
         async with self._app_lock(app_name):
             if self._is_running(app_name):
@@ -309,11 +304,7 @@ class Lifecycle:
                     return False
                 if only_if_idle and not await self._still_idle(app_name):
                     return False
-                self._stopping.add(app_name)
-                try:
-                    return await self._stop(app_name)
-                finally:
-                    self._stopping.discard(app_name)
+                return await self._stop(app_name)
 
     async def _still_idle(self, app_name: str) -> bool:
         if self.activity.count(app_name):
@@ -379,11 +370,37 @@ class Lifecycle:
         await self.registry.unregister(app_name)
         await self.events.record(events.APP_UNREGISTERED, app_name)
 
-    # --- what the metrics read --------------------------------------------------------------
+    # --- what the proxy asks ------------------------------------------------------------------
 
-    def cold_starts(self, app_name: str) -> int:
-        """Wakes of the app by this process."""
-        return self._cold_starts[app_name]
+    def route(self, key: str) -> Route:
+        """Where a request for the app key `key` goes, by the rules."""
+        return self.rules.resolve(key)
+
+    async def known_app(self, name: str) -> PaasApp | None:
+        """The app as paastis knows it, asking the provider on a miss (rate-limited) and when
+        its state is unknown; None when the provider has no such app."""
+        app = self.catalog.lookup(name) or await self.catalog.find(name)
+        if app is not None and app.state is AppState.UNKNOWN:
+            # A waiting page or a monitor's 503 for an app that in fact runs would be wrong.
+            try:
+                app = await self.catalog.fetch(app.name)
+            except AppNotFound:
+                return None
+        return app
+
+    def request_started(self, app_name: str, route: Route) -> tuple[str, ...]:
+        """Stamps the app (and its linked apps) and counts the request as activity; returns the
+        linked apps to hand back to `request_ended`."""
+        linked = self.linked_apps(app_name, route)
+        self.touch(app_name, linked)
+        self.activity.begin(app_name)
+        return linked
+
+    def request_ended(self, app_name: str, linked: tuple[str, ...]) -> None:
+        self.activity.end(app_name)
+        self.touch(app_name, linked)
+
+    # --- what the metrics read --------------------------------------------------------------
 
     def asleep_seconds(self) -> list[tuple[str, float]]:
         now = self._clock()
@@ -392,16 +409,9 @@ class Lifecycle:
             totals[name] += now - since
         return list(totals.items())
 
-    def asleep_seconds_of(self, app_name: str) -> float:
-        """Seconds the app spent stopped by this process, the current sleep included."""
-        since = self._asleep_since.get(app_name)
-        current = self._clock() - since if since is not None else 0.0
-        return self._asleep_total[app_name] + current
-
     # --- internals --------------------------------------------------------------------------
 
     def _woke(self, app_name: str) -> None:
-        self._cold_starts[app_name] += 1
         since = self._asleep_since.pop(app_name, None)
         if since is not None:
             self._asleep_total[app_name] += self._clock() - since

@@ -22,7 +22,15 @@ from paastis.metrics import Metrics
 from paastis.providers import AppState, Provider
 from paastis.providers.api import ProviderCallCounter
 from paastis.providers.local import LocalProvider
-from paastis.proxy import Proxy, ProxyPolicy
+from paastis.proxy import (
+    Forwarder,
+    Proxy,
+    ProxyPolicy,
+    ProxyServer,
+    RequestRecorder,
+    Timeouts,
+    UpstreamPool,
+)
 from paastis.registry import Registry
 from paastis.registry.memory import InMemoryRegistry
 from paastis.rules import LocalAppSpec
@@ -106,10 +114,10 @@ class Server:
         )
         self.metrics.watch_apps(self._apps_by_state, self.lifecycle.asleep_seconds)
         system_api = SystemApi(
-            lifecycle=self.lifecycle,
-            token=s.system_api_token or "",
-            metrics=self.metrics,
-            cron=s.cron,
+            lifecycle=self.lifecycle, token=s.system_api_token or "", metrics=self.metrics
+        )
+        self.upstream_pool = UpstreamPool(
+            connect_timeout=s.connect_timeout, tls_verify=s.upstream_tls_verify
         )
         self.proxy = Proxy(
             lifecycle=self.lifecycle,
@@ -117,12 +125,12 @@ class Server:
                 ignored_apps=s.ignored_apps,
                 wake_strategy=s.wake_strategy,
                 no_wake_user_agents=s.no_wake_user_agents,
-                connect_timeout=s.connect_timeout,
-                read_timeout=s.read_timeout,
-                max_connection_lifetime=s.max_connection_lifetime,
             ),
-            http=self.upstream_http,
-            metrics=self.metrics,
+            forwarder=Forwarder(
+                self.upstream_pool,
+                Timeouts(s.connect_timeout, s.read_timeout, s.max_connection_lifetime),
+            ),
+            recorder=RequestRecorder(self.metrics),
             system_api=system_api.handle if s.system_api_enabled else None,
         )
         self.system_api = system_api
@@ -133,8 +141,10 @@ class Server:
             metrics=self.metrics,
         )
         if s.admin_port is not None:
-            self.admin_port = await self._listen(self._admin, s.admin_host, s.admin_port)
-        self.main_port = await self._listen(self.proxy.handle, s.host, s.port)
+            admin = web.Server(self._admin, handler_cancellation=True)
+            self.admin_port = await self._listen(admin, s.admin_host, s.admin_port)
+        main = ProxyServer(self.proxy.handle, head_timeout=s.header_timeout)
+        self.main_port = await self._listen(main, s.host, s.port)
         log.info(
             "paastis listening on %s:%s (provider %s, registry %s)",
             s.host, self.main_port, s.provider.name, s.registry_type,
@@ -144,9 +154,9 @@ class Server:
             asyncio.ensure_future(self._stamp_open_connections()),
         ]
 
-    async def _listen(self, handler, host: str, port: int) -> int:
+    async def _listen(self, server: web.Server, host: str, port: int) -> int:
         runner = web.ServerRunner(
-            web.Server(handler, handler_cancellation=True),
+            server,
             shutdown_timeout=self.shutdown_grace,
         )
         await runner.setup()
@@ -182,6 +192,9 @@ class Server:
             component = getattr(self, closer, None)
             if component is not None:
                 await self._close(closer, component.close())
+        pool = getattr(self, "upstream_pool", None)
+        if pool is not None:
+            await pool.close()
         for session in ("api_http", "upstream_http"):
             client = getattr(self, session, None)
             if client is not None:

@@ -6,6 +6,8 @@ import html
 
 from aiohttp import web
 
+from paastis.proxy.answer import own_answer
+
 RETRY_AFTER_SECONDS = 3
 
 PAGE = """<!doctype html>
@@ -38,17 +40,14 @@ PAGE = """<!doctype html>
 """
 
 
-def waiting_page(app_name: str) -> web.Response:
+def waiting_page(app_name: str, *, head_only: bool = False) -> web.StreamResponse:
     """503 with Retry-After and no caching, so the browser comes back to the woken app."""
-    return web.Response(
-        status=503,
-        text=PAGE.format(app=html.escape(app_name), retry=RETRY_AFTER_SECONDS),
-        content_type="text/html",
-        headers={
-            "Retry-After": str(RETRY_AFTER_SECONDS),
-            "Cache-Control": "no-store",
-            "X-Paastis-App-State": "waking",
-        },
+    return own_answer(
+        503,
+        PAGE.format(app=html.escape(app_name), retry=RETRY_AFTER_SECONDS),
+        head_only=head_only,
+        content_type="text/html; charset=utf-8",
+        headers=(("Retry-After", str(RETRY_AFTER_SECONDS)), ("X-Paastis-App-State", "waking")),
     )
 
 

@@ -1,0 +1,140 @@
+"""The client connections of the main listener: aiohttp's HTTP/1.1 parser and keep-alive, with
+a deadline for every request head (slowloris) and paastis' own one-line answers to malformed
+requests, instead of aiohttp's HTTP/1.0 pages and tracebacks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from paastis.proxy.answer import own_answer, own_answer_bytes
+from paastis.proxy.failures import Failure
+
+log = logging.getLogger("paastis.proxy")
+
+# Seconds an idle kept-alive connection stays open (nginx's default).
+KEEPALIVE_TIMEOUT = 75.0
+
+
+class ProxyServer(web.Server):
+    """aiohttp's low-level server, making ProxyConnections."""
+
+    def __init__(self, handler: Any, *, head_timeout: float, **kwargs: Any) -> None:
+        self._connection_options: dict[str, Any] = {
+            "keepalive_timeout": KEEPALIVE_TIMEOUT,
+            # Bodies pass as sent: a gzip upload must reach the app still gzipped.
+            "auto_decompress": False,
+            "access_log": None,  # paastis writes its own access log
+            "logger": log,
+            **kwargs,
+        }
+        super().__init__(handler, handler_cancellation=True, **self._connection_options)
+        self._head_timeout = head_timeout
+        self._make = self.request_factory
+        self.request_factory = self._request_for
+
+    def __call__(self) -> ProxyConnection:
+        return ProxyConnection(
+            self,
+            loop=asyncio.get_running_loop(),
+            head_timeout=self._head_timeout,
+            **self._connection_options,
+        )
+
+    def _request_for(self, message, payload, protocol, writer, task):  # type: ignore[no-untyped-def]
+        """Called as each parsed request head is handed to its handler."""
+        if isinstance(protocol, ProxyConnection):
+            protocol.head_received()
+        return self._make(message, payload, protocol, writer, task)
+
+
+class ProxyConnection(web.RequestHandler):
+    """One client connection. The request head must arrive within `head_timeout` seconds,
+    counted from the connection's start or from the first byte of a kept-alive request."""
+
+    def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = False  # whether any byte of the awaited head has arrived
+        self._heads = 0  # request heads handed to a handler
+        self._answered = 0  # answers finished
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._heads == self._answered and data:
+            if self._head_timer is None:
+                self._arm_head_timer()  # the first bytes of the next request
+            self._head_bytes = True
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def head_received(self) -> None:
+        self._heads += 1
+        self._disarm_head_timer()
+
+    async def finish_response(self, request, resp, start_time):  # type: ignore[no-untyped-def]
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._answered += 1
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A malformed request (or, at 500, a bug): one log line, a short answer, the end of
+        the connection."""
+        if status >= 500:
+            log.error("answering %s: %s", request.remote, exc or status, exc_info=exc)
+        else:
+            log.warning("bad request from %s: %s", request.remote, first_line(message or exc))
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already under way")
+        failure = Failure.INTERNAL if status >= 500 else Failure.BAD_REQUEST
+        detail = first_line(message or exc) if status < 500 else ""
+        return own_answer(status, failure.text(detail=detail), reusable=False)
+
+    # --- the head deadline ---------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._head_bytes = False
+        loop = asyncio.get_running_loop()
+        self._head_timer = loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or self._heads != self._answered:
+            return
+        if self._head_bytes:
+            log.warning(
+                "closing the connection of %s: its request head took over %gs",
+                (self.peername or ("?",))[0],
+                self._head_timeout,
+            )
+            transport.write(own_answer_bytes(408, Failure.HEAD_TIMEOUT.text(), reusable=False))
+        self.force_close()
+
+
+def first_line(reason: object) -> str:
+    """The first line of a parser's message (which adds the bytes and a caret below it)."""
+    text = str(reason or "").strip()
+    return text.splitlines()[0][:200] if text else "malformed request"
