@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from conftest import url_of
 from harness import SYSTEM_API, SYSTEM_TOKEN, scalingo_env, system_headers
+from waiting import eventually
 
-APP_FIELDS = {
+DESIGN_FIELDS = {
     "name",
     "id",
     "region",
@@ -30,6 +31,8 @@ APP_FIELDS = {
     "max_idle_time",
     "last_accessed_at",
 }
+# Added for the dashboard (documented in the OpenAPI document).
+EXTRA_FIELDS = {"state", "stop_due_at", "cold_starts", "asleep_seconds", "requests_in_flight"}
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
@@ -78,7 +81,7 @@ async def test_apps_lists_every_provider_app_with_every_documented_field(scaling
     by_name = {app["name"]: app for app in apps}
     assert set(by_name) == {"front", "sleepy"}
     for app in apps:
-        assert set(app) == APP_FIELDS
+        assert set(app) == DESIGN_FIELDS | EXTRA_FIELDS
     front = by_name["front"]
     assert front["id"] == emulator.apps["front"].id
     assert front["region"] == "osc-fr1"
@@ -480,3 +483,144 @@ async def test_status_follows_a_wake_by_a_request_and_a_stop_by_a_tick(
     async with proxy.get("story.example.net") as response:  # wakes
         assert response.status == 200
     assert await status_of(proxy, "story") == "running"
+
+
+# --- the dashboard's extra fields -------------------------------------------------------------
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def describe(proxy, name: str) -> dict:
+    status, app, _ = await call(proxy, "GET", f"/apps/{name}")
+    assert status == 200
+    return app
+
+
+def wait_for_file(path: Path) -> str:
+    """A hook that holds the start or stop until the test creates `path` (bounded)."""
+    return f"for i in $(seq 200); do [ -f {path} ] && break; sleep 0.05; done"
+
+
+async def test_state_is_waking_while_paastis_wakes_the_app_then_running(
+    scalingo, upstream_factory, paastis, tmp_path: Path
+):
+    emulator, api_url = scalingo
+    _upstream, server = await upstream_factory("sleepy")
+    emulator.add_app("sleepy", status="stopped", base_url=url_of(server))
+    go = tmp_path / "go"
+    proxy = await paastis(system_api_env(api_url, HOOKS_BEFORE_START=wait_for_file(go)))
+    assert (await describe(proxy, "sleepy"))["state"] == "sleeping"
+
+    await call(proxy, "POST", "/apps/sleepy/start")
+
+    assert (await describe(proxy, "sleepy"))["state"] == "waking"
+    go.touch()
+    await wait_for_event(proxy, "APP_STARTED", "sleepy")
+    woken = await describe(proxy, "sleepy")
+    assert (woken["state"], woken["cold_starts"]) == ("running", 1)
+
+
+async def test_state_is_stopping_while_paastis_stops_the_app_then_sleeping(
+    scalingo, paastis, tmp_path: Path
+):
+    emulator, api_url = scalingo
+    emulator.add_app("busy")
+    go = tmp_path / "go"
+    proxy = await paastis(system_api_env(api_url, HOOKS_BEFORE_STOP=wait_for_file(go)))
+    assert (await describe(proxy, "busy"))["state"] == "running"
+
+    await call(proxy, "POST", "/apps/busy/stop")
+
+    await eventually(lambda: proxy.server.lifecycle.is_stopping("busy"), what="the stop begun")
+    stopping = await describe(proxy, "busy")
+    assert (stopping["state"], stopping["status"]) == ("stopping", "stopped")
+    go.touch()
+    await wait_for_event(proxy, "APP_STOPPED", "busy")
+    assert (await describe(proxy, "busy"))["state"] == "sleeping"
+
+
+async def test_stop_due_at_is_the_first_tick_after_the_max_idle_time(scalingo, paastis):
+    emulator, api_url = scalingo
+    emulator.add_app("front")
+    emulator.add_app("sleepy", status="stopped")
+    proxy = await paastis(
+        system_api_env(
+            api_url,
+            START_AND_STOP_CHECKING_INTERVAL_CRON="0 * * * *",
+            START_AND_STOP_MAX_IDLE_TIME="90",
+        )
+    )
+    await proxy.tick()
+
+    front = await describe(proxy, "front")
+    idle_from = parse_iso(front["last_accessed_at"]) + timedelta(minutes=90)
+    due = parse_iso(front["stop_due_at"])
+    assert due >= idle_from and due - idle_from < timedelta(hours=1)
+    assert (due.minute, due.second, due.tzinfo) == (0, 0, UTC)
+    assert (await describe(proxy, "sleepy"))["stop_due_at"] is None
+
+
+async def test_an_overdue_app_is_due_at_the_next_tick(scalingo, paastis):
+    emulator, api_url = scalingo
+    emulator.add_app("front")
+    proxy = await paastis(
+        system_api_env(
+            api_url,
+            START_AND_STOP_CHECKING_INTERVAL_CRON="*/10 * * * *",
+            START_AND_STOP_MAX_IDLE_TIME="0",
+        )
+    )
+    before = datetime.now(UTC)
+
+    due = parse_iso((await describe(proxy, "front"))["stop_due_at"])
+
+    assert before <= due <= before + timedelta(minutes=10)
+    assert due.minute % 10 == 0 and due.second == 0
+
+
+async def test_time_asleep_and_cold_starts_add_up_over_a_stop_and_a_wake(
+    scalingo, upstream_factory, paastis
+):
+    emulator, api_url = scalingo
+    _upstream, server = await upstream_factory("story")
+    emulator.add_app("story", base_url=url_of(server))
+    proxy = await paastis(system_api_env(api_url, START_AND_STOP_MAX_IDLE_TIME="0"))
+    assert (await describe(proxy, "story"))["asleep_seconds"] == 0
+    await proxy.tick()  # stops
+
+    await eventually(
+        lambda: proxy.server.lifecycle.asleep_seconds_of("story") >= 0.1, what="0.1 s asleep"
+    )
+    asleep = (await describe(proxy, "story"))["asleep_seconds"]
+    async with proxy.get("story.example.net") as response:  # wakes
+        assert response.status == 200
+    woken = await describe(proxy, "story")
+
+    assert asleep >= 0.1
+    assert woken["cold_starts"] == 1
+    assert woken["asleep_seconds"] >= asleep
+    later = await describe(proxy, "story")
+    assert later["asleep_seconds"] == woken["asleep_seconds"]  # awake: the total stays
+
+
+async def test_requests_in_flight_are_counted(scalingo, upstream_factory, paastis):
+    emulator, api_url = scalingo
+    upstream, server = await upstream_factory("web")
+    emulator.add_app("web", base_url=url_of(server))
+    proxy = await paastis(system_api_env(api_url))
+
+    async def hold() -> int:
+        async with proxy.get("web.example.net", "/hold") as response:
+            return response.status
+
+    held = asyncio.ensure_future(hold())
+    try:
+        await eventually(lambda: upstream.received, what="the held request")
+        assert (await describe(proxy, "web"))["requests_in_flight"] == 1
+    finally:
+        upstream.release.set()
+    assert await held == 200
+    await eventually(lambda: proxy.server.lifecycle.activity.count("web") == 0)
+    assert (await describe(proxy, "web"))["requests_in_flight"] == 0

@@ -108,6 +108,8 @@ class Lifecycle:
         self._locks: dict[str, asyncio.Lock] = {}
         self._asleep_since: dict[str, float] = {}
         self._asleep_total: Counter[str] = Counter()
+        self._cold_starts: Counter[str] = Counter()
+        self._stopping: set[str] = set()
         event_log.subscribe(self._on_event)
 
     # --- the hot path's helpers -------------------------------------------------------------
@@ -212,6 +214,9 @@ class Lifecycle:
     def is_waking(self, app_name: str) -> bool:
         return app_name in self._wakes
 
+    def is_stopping(self, app_name: str) -> bool:
+        return app_name in self._stopping
+
     async def _wake(self, app_name: str) -> None:
         async with self._app_lock(app_name):
             if self._is_running(app_name):
@@ -304,7 +309,11 @@ class Lifecycle:
                     return False
                 if only_if_idle and not await self._still_idle(app_name):
                     return False
-                return await self._stop(app_name)
+                self._stopping.add(app_name)
+                try:
+                    return await self._stop(app_name)
+                finally:
+                    self._stopping.discard(app_name)
 
     async def _still_idle(self, app_name: str) -> bool:
         if self.activity.count(app_name):
@@ -402,6 +411,10 @@ class Lifecycle:
 
     # --- what the metrics read --------------------------------------------------------------
 
+    def cold_starts(self, app_name: str) -> int:
+        """Wakes of the app by this process."""
+        return self._cold_starts[app_name]
+
     def asleep_seconds(self) -> list[tuple[str, float]]:
         now = self._clock()
         totals = Counter(self._asleep_total)
@@ -409,9 +422,16 @@ class Lifecycle:
             totals[name] += now - since
         return list(totals.items())
 
+    def asleep_seconds_of(self, app_name: str) -> float:
+        """Seconds the app spent stopped by this process, the current sleep included."""
+        since = self._asleep_since.get(app_name)
+        current = self._clock() - since if since is not None else 0.0
+        return self._asleep_total[app_name] + current
+
     # --- internals --------------------------------------------------------------------------
 
     def _woke(self, app_name: str) -> None:
+        self._cold_starts[app_name] += 1
         since = self._asleep_since.pop(app_name, None)
         if since is not None:
             self._asleep_total[app_name] += self._clock() - since

@@ -114,7 +114,10 @@ class Server:
         )
         self.metrics.watch_apps(self._apps_by_state, self.lifecycle.asleep_seconds)
         system_api = SystemApi(
-            lifecycle=self.lifecycle, token=s.system_api_token or "", metrics=self.metrics
+            lifecycle=self.lifecycle,
+            token=s.system_api_token or "",
+            metrics=self.metrics,
+            cron=s.cron,
         )
         self.upstream_pool = UpstreamPool(
             connect_timeout=s.connect_timeout, tls_verify=s.upstream_tls_verify

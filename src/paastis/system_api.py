@@ -6,28 +6,38 @@ import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from croniter import croniter
 
 from paastis.catalog import MISS_REFRESH_INTERVAL
 from paastis.events import INTERNAL_EVENTS, iso_utc
 from paastis.lifecycle import Lifecycle
 from paastis.metrics import CONTENT_TYPE, Metrics
-from paastis.providers import PaasApp, ProviderError
+from paastis.providers import AppState, PaasApp, ProviderError
 from paastis.registry import RunningApp
 
 log = logging.getLogger("paastis.system_api")
 
 Handler = Callable[[web.Request, re.Match[str]], Awaitable[web.StreamResponse]]
 
+# The contract of this API, shipped with the package and served as it is.
+OPENAPI_DOCUMENT = resources.files("paastis").joinpath("openapi.json").read_bytes()
+
 
 class SystemApi:
-    def __init__(self, *, lifecycle: Lifecycle, token: str, metrics: Metrics) -> None:
+    def __init__(self, *, lifecycle: Lifecycle, token: str, metrics: Metrics, cron: str) -> None:
         self._lifecycle = lifecycle
         self._token = token.encode()
         self._metrics = metrics
+        self._cron = cron  # the scheduler's, to tell when an idle app will be stopped
+        # Answered without a token.
+        self._public_routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+            (re.compile(r"/openapi\.json"), {"GET": self.openapi}),
+        ]
         self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             (re.compile(r"/apps/?"), {"GET": self.list_apps, "DELETE": self.forget_apps}),
             (re.compile(r"/events/?"), {"GET": self.list_events}),
@@ -38,27 +48,28 @@ class SystemApi:
         ]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorized(request):
-            return error(401, "missing or invalid system API token")
-        for pattern, methods in self._routes:
-            match = pattern.fullmatch(request.path)
-            if match is None:
-                continue
-            handler = methods.get(request.method)
-            if handler is None:
-                response = error(405, f"method {request.method} not allowed on {request.path}")
-                response.headers["Allow"] = ", ".join(methods)
-                return response
-            try:
-                return await handler(request, match)
-            except ProviderError as exc:
-                log.error("system API %s %s: %s", request.method, request.path, exc)
-                return error(502, f"provider error: {exc}")
-            except Exception:
-                # Every answer of this API is JSON, failures included.
-                log.exception("system API %s %s failed", request.method, request.path)
-                return error(500, "internal error")
-        return error(404, f"no route {request.path}")
+        found = route(self._public_routes, request.path)
+        if found is None:
+            if not self._authorized(request):
+                return error(401, "missing or invalid system API token")
+            found = route(self._routes, request.path)
+        if found is None:
+            return error(404, f"no route {request.path}")
+        match, methods = found
+        handler = methods.get(request.method)
+        if handler is None:
+            response = error(405, f"method {request.method} not allowed on {request.path}")
+            response.headers["Allow"] = ", ".join(methods)
+            return response
+        try:
+            return await handler(request, match)
+        except ProviderError as exc:
+            log.error("system API %s %s: %s", request.method, request.path, exc)
+            return error(502, f"provider error: {exc}")
+        except Exception:
+            # Every answer of this API is JSON, failures included.
+            log.exception("system API %s %s failed", request.method, request.path)
+            return error(500, "internal error")
 
     def _authorized(self, request: web.Request) -> bool:
         if not self._token:
@@ -75,6 +86,9 @@ class SystemApi:
         except UnicodeEncodeError:
             return False
         return hmac.compare_digest(presented, self._token)
+
+    async def openapi(self, request: web.Request, match: re.Match[str]) -> web.Response:
+        return web.Response(body=OPENAPI_DOCUMENT, content_type="application/json")
 
     async def list_apps(self, request: web.Request, match: re.Match[str]) -> web.Response:
         # A dashboard polling this must not spend the provider's rate limit.
@@ -137,7 +151,49 @@ class SystemApi:
             "is_monitored": registered is not None,
             "max_idle_time": registered.max_idle_time if registered else route.max_idle_time,
             "last_accessed_at": optional_iso(registered.last_accessed_at if registered else None),
+            # Beyond DESIGN's fields, for the dashboard.
+            "state": self._state(app),
+            "stop_due_at": optional_iso(self._stop_due_at(app, registered)),
+            "cold_starts": self._lifecycle.cold_starts(app.name),
+            "asleep_seconds": round(self._lifecycle.asleep_seconds_of(app.name), 3),
+            "requests_in_flight": self._lifecycle.activity.count(app.name),
         }
+
+    def _state(self, app: PaasApp) -> str:
+        """paastis' view of the app: its own starts and stops in progress come first."""
+        if self._lifecycle.is_stopping(app.name):
+            return "stopping"
+        if app.state is AppState.RUNNING:
+            return "running"
+        if self._lifecycle.is_waking(app.name):
+            return "waking"
+        if app.state is AppState.STOPPED:
+            return "sleeping"
+        return app.state.value
+
+    def _stop_due_at(self, app: PaasApp, registered: RunningApp | None) -> datetime | None:
+        """The scheduler tick that stops the app if no request arrives before it."""
+        if registered is None or app.state is not AppState.RUNNING:
+            return None
+        idle_from = registered.last_accessed_at + timedelta(minutes=registered.max_idle_time)
+        return first_tick_from(self._cron, max(idle_from, datetime.now(UTC)))
+
+
+def route(
+    routes: list[tuple[re.Pattern[str], dict[str, Handler]]], path: str
+) -> tuple[re.Match[str], dict[str, Handler]] | None:
+    for pattern, methods in routes:
+        match = pattern.fullmatch(path)
+        if match is not None:
+            return match, methods
+    return None
+
+
+def first_tick_from(cron: str, moment: datetime) -> datetime:
+    """The first occurrence of the scheduler's cron at or after `moment` (as the scheduler
+    reads it: croniter, seconds as a 6th field)."""
+    schedule = croniter(cron, moment - timedelta(microseconds=1), second_at_beginning=False)
+    return schedule.get_next(datetime)
 
 
 def optional_iso(moment: datetime | None) -> str | None:
