@@ -15,6 +15,7 @@ from aiohttp import web
 
 from paastis.catalog import AppCatalog
 from paastis.config import ProviderSettings, Settings
+from paastis.dashboard import dashboard_response
 from paastis.events import EventLog, InMemoryEventLog
 from paastis.hooks import Hooks
 from paastis.lifecycle import Lifecycle, UpstreamPolicy
@@ -211,7 +212,10 @@ class Server:
             log.exception("closing the %s failed", name)
 
     async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The admin listener: health and metrics without a token, the system API with one."""
+        """The admin listener: the dashboard, health and metrics without a token, the system
+        API (its OpenAPI document without one) with one."""
+        if request.path == "/" and request.method in ("GET", "HEAD"):
+            return dashboard_response()
         if request.path == "/health":
             if request.method not in ("GET", "HEAD"):
                 return error(405, "method not allowed")
