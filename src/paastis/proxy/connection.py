@@ -137,4 +137,4 @@ class ProxyConnection(web.RequestHandler):
 def first_line(reason: object) -> str:
     """The first line of a parser's message (which adds the bytes and a caret below it)."""
     text = str(reason or "").strip()
-    return text.splitlines()[0][:200] if text else "malformed request"
+    return text.splitlines()[0][:200].rstrip(":") if text else "malformed request"
