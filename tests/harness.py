@@ -105,9 +105,13 @@ async def start_paastis(
         config.write_text(rules)
     settings = load_settings(CommandLine(config=config), environ, cwd=tmp_path)
     settings = dataclasses.replace(
-        settings, host="127.0.0.1", port=0, admin_port=0 if admin else None
+        settings,
+        host="127.0.0.1",
+        port=0,
+        admin_port=0 if admin else None,
+        shutdown_timeout=shutdown_grace,
     )
     provider_tuning = FAST_TUNING.get(settings.provider.name, {}) if tuning is None else tuning
-    server = Server(settings, shutdown_grace=shutdown_grace, provider_tuning=provider_tuning)
+    server = Server(settings, provider_tuning=provider_tuning)
     await server.start()
     return RunningPaastis(server, session)

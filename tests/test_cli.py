@@ -30,14 +30,16 @@ SYSTEM_TOKEN = "system-api-secret-0123456789abcdef"
 SCALINGO = {"PROVIDER_NAME": "scalingo", "PROVIDER_SCALINGO_API_TOKEN": SCALINGO_TOKEN}
 RUN_TIMEOUT = 20.0
 
-# An upstream that answers `/slow` after a pause, writing a marker when the request arrives,
-# so a test knows a request is in flight. It records its pid for the test to check it ended.
+# An upstream that answers `/slow` after a pause (1.5 s, or argv[4] seconds), writing a marker
+# when the request arrives, so a test knows a request is in flight. It records its pid for the
+# test to check it ended.
 SLOW_UPSTREAM = """\
 import os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 port, marker, pidfile = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+hold = float(sys.argv[4]) if len(sys.argv) > 4 else 1.5
 pidfile.write_text(str(os.getpid()))
 
 
@@ -45,7 +47,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/slow":
             marker.write_text("received")
-            time.sleep(1.5)
+            time.sleep(hold)
         body = f"done {self.path}".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -586,3 +588,56 @@ def test_sigterm_stops_the_spawned_app_process(
     sigterm_during_request: SigtermDuringRequest,
 ) -> None:
     assert sigterm_during_request.app_gone_after
+
+
+def test_sigterm_ends_within_one_shutdown_timeout_whatever_is_in_flight(
+    tmp_path: Path, start_daemon: Callable[..., Daemon], app_pids: list[Path]
+) -> None:
+    # Each of these would outlast the deadline on its own: a request the app holds for a
+    # minute, and a wake whose app never answers (its readiness check runs until the 30 s
+    # operation timeout), both with a request waiting on it. Together they get one deadline.
+    script, marker = tmp_path / "slow.py", tmp_path / "marker"
+    script.write_text(SLOW_UPSTREAM)
+    slow_port, slow_pid = free_port(), tmp_path / "slow.pid"
+    stuck_pid = tmp_path / "stuck.pid"
+    app_pids.extend([slow_pid, stuck_pid])
+    slow = " ".join(shlex.quote(str(a)) for a in (PYTHON, script, slow_port, marker, slow_pid, 60))
+    stuck = f"echo $$ > {shlex.quote(str(stuck_pid))}; exec sleep 60"
+    (tmp_path / "paastis.yml").write_text(
+        f"apps:\n  slow:\n    upstream: 'http://127.0.0.1:{slow_port}'\n"
+        f"    command: {json.dumps(slow)}\n"
+        f"  stuck:\n    upstream: 'http://127.0.0.1:{free_port()}'\n"
+        f"    command: {json.dumps(stuck)}\n"
+    )
+    daemon = start_daemon({"PROVIDER_NAME": "local", "SHUTDOWN_TIMEOUT": "2"}, tmp_path)
+    assert get(daemon.port, "slow.localhost", "/")[0] == 200  # woken, ready
+    answers: list[str] = []
+
+    def request(host: str, path: str) -> None:
+        try:
+            answers.append(str(get(daemon.port, host, path)[0]))
+        except OSError as exc:  # cut at the deadline
+            answers.append(type(exc).__name__)
+
+    in_flight = [
+        threading.Thread(target=request, args=(host, path), daemon=True)
+        for host, path in (("slow.localhost", "/slow"), ("stuck.localhost", "/"))
+    ]
+    for thread in in_flight:
+        thread.start()
+    asyncio.run(eventually(marker.exists, timeout=10, what="the slow request to reach the app"))
+    asyncio.run(eventually(stuck_pid.exists, timeout=10, what="the stuck app to be started"))
+
+    daemon.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    exit_code = daemon.wait(within=30)
+    exit_seconds = time.monotonic() - signalled
+    for thread in in_flight:
+        thread.join(timeout=5)
+
+    assert exit_code == 0, daemon.stderr
+    # 2 s, and only the process' own exit on top (each piece alone would take 30 s or more).
+    assert exit_seconds < 4.0, daemon.stderr
+    assert "shutdown deadline reached: cancelling 2 request(s) still in flight" in daemon.stderr
+    assert sorted(answers) == ["RemoteDisconnected"] * 2  # neither was answered as if done
+    assert "Traceback" not in daemon.stderr

@@ -142,11 +142,13 @@ def test_every_variable_is_read(cwd: Path) -> None:
         "PROXY_MAX_CONNECTION_LIFETIME": "3600",
         "LOG_LEVEL": "debug",
         "LOG_FORMAT": "json",
+        "SHUTDOWN_TIMEOUT": "12.5",
     }
 
     s = load(env, cwd)
 
     assert (s.host, s.port) == ("127.0.0.1", 8080)
+    assert s.shutdown_timeout == 12.5
     assert (s.registry_type, s.redis_url, s.redis_prefix) == (
         "redis",
         "redis://127.0.0.1:6390/1",
@@ -579,6 +581,7 @@ def test_bad_max_idle_time_on_the_command_line_names_the_option(cwd: Path) -> No
         "PROXY_CONNECT_TIMEOUT",
         "PROXY_READ_TIMEOUT",
         "PROXY_MAX_CONNECTION_LIFETIME",
+        "SHUTDOWN_TIMEOUT",
     ],
 )
 def test_non_numeric_durations_are_errors(cwd: Path, variable: str) -> None:

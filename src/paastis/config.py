@@ -84,6 +84,7 @@ class Settings:
     header_timeout: float
     log_level: str
     log_format: str
+    shutdown_timeout: float  # seconds, for the whole shutdown
     rules_file: Path | None
     rules: RuleSet = field(repr=False)
     local_apps: Mapping[str, LocalAppSpec] = field(default_factory=dict)
@@ -201,6 +202,7 @@ def build_settings(env: Environment, rules_file: Path | None) -> Settings:
         header_timeout=env.number("PROXY_HEADER_TIMEOUT", 30, minimum=0.1),
         log_level=log_level(env),
         log_format=env.choice("LOG_FORMAT", ("text", "json"), "text"),
+        shutdown_timeout=env.number("SHUTDOWN_TIMEOUT", 30, minimum=0),
         rules_file=rules_file,
         rules=RuleSet(rules, max_idle_time),
         local_apps=local_apps,

@@ -199,6 +199,10 @@ class Lifecycle:
         if pending:
             log.info("waiting for %d wake(s) or stop(s) under way", len(pending))
             _, late = await asyncio.wait(pending, timeout=timeout)
+            if late:
+                log.warning(
+                    "shutdown deadline reached: cancelling %d wake(s) or stop(s)", len(late)
+                )
             for task in late:
                 task.cancel()
 

@@ -1,12 +1,15 @@
-"""Builds everything from the configuration, serves, and shuts down gracefully."""
+"""The composition root: builds every piece from the settings, serves, and tears the pieces down
+in reverse order under one shutdown deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +22,7 @@ from paastis.dashboard import dashboard_response
 from paastis.events import EventLog, InMemoryEventLog
 from paastis.hooks import Hooks
 from paastis.lifecycle import Lifecycle, UpstreamPolicy
+from paastis.listener import Listener
 from paastis.metrics import Metrics
 from paastis.providers import AppState, Provider
 from paastis.providers.api import ProviderCallCounter
@@ -43,33 +47,37 @@ log = logging.getLogger("paastis.server")
 # While connections are open, their apps are stamped this often, so a long WebSocket keeps its
 # app awake (and other instances see it).
 ACTIVITY_STAMP_INTERVAL = 5.0
+# The end of the shutdown deadline kept for closing the pieces (flushing Redis writes,
+# terminating local app processes) once the waiting for in-flight work is over.
+CLOSE_RESERVE = 2.0
+
+
+class Deadline:
+    """One instant that every phase of a shutdown shares."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._end = clock() + seconds
+
+    def remaining(self, *, keep: float = 0.0) -> float:
+        """Seconds left, minus `keep` seconds set aside for what comes after."""
+        return max(0.0, self._end - keep - self._clock())
 
 
 class Server:
     def __init__(
-        self,
-        settings: Settings,
-        *,
-        shutdown_grace: float = 30.0,
-        provider_tuning: Mapping[str, Any] | None = None,
+        self, settings: Settings, *, provider_tuning: Mapping[str, Any] | None = None
     ) -> None:
         self.settings = settings
         self.provider_tuning = provider_tuning
-        self.shutdown_grace = shutdown_grace
         self.shutting_down = False
-        self._stop_requested = asyncio.Event()
-        self._runners: list[web.BaseRunner] = []
-        self._tasks: list[asyncio.Task[None]] = []
         self.main_port: int | None = None
         self.admin_port: int | None = None
+        self._stop_requested = asyncio.Event()
+        self._stack: AsyncExitStack | None = None
+        self._deadline = Deadline(settings.shutdown_timeout)
 
-    def request_shutdown(self) -> None:
-        if not self._stop_requested.is_set():
-            log.info(
-                "shutting down: finishing in-flight requests (at most %ss)", self.shutdown_grace
-            )
-        self.shutting_down = True
-        self._stop_requested.set()
+    # --- the visible lifecycle: run, start, shutdown ----------------------------------------
 
     async def run(self) -> None:
         """Serves until SIGTERM/SIGINT (or `request_shutdown()`), then shuts down."""
@@ -84,25 +92,95 @@ class Server:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
 
+    def request_shutdown(self) -> None:
+        if not self._stop_requested.is_set():
+            log.info(
+                "shutting down: finishing in-flight work (at most %gs)",
+                self.settings.shutdown_timeout,
+            )
+        self._stop_requested.set()
+
     async def start(self) -> None:
+        """Builds and starts every piece; on failure, what was started is torn down again."""
+        stack = AsyncExitStack()
+        try:
+            await self._build(stack)
+        except BaseException:
+            self._deadline = Deadline(self.settings.shutdown_timeout)
+            await stack.aclose()
+            raise
+        self._stack = stack
+
+    async def shutdown(self) -> None:
+        """Tears everything down in reverse order of building, within SHUTDOWN_TIMEOUT."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        self.shutting_down = True
+        self._deadline = Deadline(self.settings.shutdown_timeout)
+        self.scheduler.stop()  # now, so a tick under way ends while requests finish
+        await stack.aclose()
+        log.info("paastis stopped")
+
+    # --- building: each piece registers its own teardown --------------------------------------
+
+    async def _build(self, stack: AsyncExitStack) -> None:
         s = self.settings
-        self.counter = ProviderCallCounter()
         self.metrics = Metrics()
-        self.metrics.watch_provider_calls(self.counter)
-        self.api_http = aiohttp.ClientSession(trust_env=False)
-        self.upstream_http = upstream_session(s)
-        self.provider = build_provider(
-            s.provider,
-            local_apps=s.local_apps,
-            session=self.api_http,
-            counter=self.counter,
-            tuning=self.provider_tuning,
-        )
+        counter = ProviderCallCounter()
+        self.metrics.watch_provider_calls(counter)
+        self.api_http = await stack.enter_async_context(aiohttp.ClientSession(trust_env=False))
+        self.upstream_http = await stack.enter_async_context(upstream_session(s))
+        self.provider = self._build_provider(counter)
+        self._on_close(stack, "provider", self.provider.close)
         self.registry, self.event_log = build_registry(s)
         await self.registry.start()
+        self._on_close(stack, "registry", self.registry.close)
         await self.event_log.start()
+        self._on_close(stack, "event log", self.event_log.close)
         self.catalog = AppCatalog(self.provider)
-        self.lifecycle = Lifecycle(
+        self.lifecycle = self._build_lifecycle()
+        self.metrics.watch_apps(self._apps_by_state, self.lifecycle.asleep_seconds)
+        self.system_api = SystemApi(
+            lifecycle=self.lifecycle,
+            token=s.system_api_token or "",
+            metrics=self.metrics,
+            cron=s.cron,
+        )
+        self.upstream_pool = UpstreamPool(
+            connect_timeout=s.connect_timeout, tls_verify=s.upstream_tls_verify
+        )
+        self._on_close(stack, "upstream connections", self.upstream_pool.close)
+        self.proxy = self._build_proxy()
+        self.scheduler = Scheduler(
+            lifecycle=self.lifecycle, cron=s.cron, ignored_apps=s.ignored_apps, metrics=self.metrics
+        )
+        if s.admin_port is not None:
+            admin = await Listener.open(self._admin, s.admin_host, s.admin_port)
+            stack.push_async_callback(self._until_deadline, admin.close)
+            self.admin_port = admin.port
+        main = await self._listen()
+        # Torn down in reverse: the main listener drains first, then the wakes under way,
+        # then the scheduler's tick.
+        self._background(stack, self.scheduler.run(), stop=self.scheduler.stop)
+        self._background(stack, self._stamp_open_connections())
+        stack.push_async_callback(self._until_deadline, self.lifecycle.drain)
+        stack.push_async_callback(self._until_deadline, main.close)
+        self.main_port = main.port
+        self._log_listening()
+
+    def _build_provider(self, counter: ProviderCallCounter) -> Provider:
+        return build_provider(
+            self.settings.provider,
+            local_apps=self.settings.local_apps,
+            session=self.api_http,
+            counter=counter,
+            tuning=self.provider_tuning,
+        )
+
+    def _build_lifecycle(self) -> Lifecycle:
+        s = self.settings
+        return Lifecycle(
             provider=self.provider,
             registry=self.registry,
             event_log=self.event_log,
@@ -113,17 +191,10 @@ class Server:
             http=self.upstream_http,
             metrics=self.metrics,
         )
-        self.metrics.watch_apps(self._apps_by_state, self.lifecycle.asleep_seconds)
-        system_api = SystemApi(
-            lifecycle=self.lifecycle,
-            token=s.system_api_token or "",
-            metrics=self.metrics,
-            cron=s.cron,
-        )
-        self.upstream_pool = UpstreamPool(
-            connect_timeout=s.connect_timeout, tls_verify=s.upstream_tls_verify
-        )
-        self.proxy = Proxy(
+
+    def _build_proxy(self) -> Proxy:
+        s = self.settings
+        return Proxy(
             lifecycle=self.lifecycle,
             policy=ProxyPolicy(
                 ignored_apps=s.ignored_apps,
@@ -135,81 +206,72 @@ class Server:
                 Timeouts(s.connect_timeout, s.read_timeout, s.max_connection_lifetime),
             ),
             recorder=RequestRecorder(self.metrics),
-            system_api=system_api.handle if s.system_api_enabled else None,
+            system_api=self.system_api.handle if s.system_api_enabled else None,
         )
-        self.system_api = system_api
-        self.scheduler = Scheduler(
-            lifecycle=self.lifecycle,
-            cron=s.cron,
-            ignored_apps=s.ignored_apps,
-            metrics=self.metrics,
+
+    async def _listen(self) -> Listener:
+        """The main listener, where the proxied traffic arrives."""
+        s = self.settings
+        return await Listener.open(
+            self.proxy.handle,
+            s.host,
+            s.port,
+            server=lambda handler: ProxyServer(handler, head_timeout=s.header_timeout),
         )
-        if s.admin_port is not None:
-            admin = web.Server(self._admin, handler_cancellation=True)
-            self.admin_port = await self._listen(admin, s.admin_host, s.admin_port)
-        main = ProxyServer(self.proxy.handle, head_timeout=s.header_timeout)
-        self.main_port = await self._listen(main, s.host, s.port)
+
+    def _log_listening(self) -> None:
+        s = self.settings
+        system_api = "on (PaastisProxyTarget: system)" if s.system_api_enabled else "off"
+        admin = f"{s.admin_host}:{self.admin_port}" if self.admin_port is not None else "off"
         log.info(
-            "paastis listening on %s:%s (provider %s, registry %s)",
-            s.host, self.main_port, s.provider.name, s.registry_type,
+            "paastis listening on %s:%s (provider %s, registry %s, system API %s, "
+            "admin listener %s)",
+            s.host, self.main_port, s.provider.name, s.registry_type, system_api, admin,
         )  # fmt: skip
-        self._tasks = [
-            asyncio.ensure_future(self.scheduler.run()),
-            asyncio.ensure_future(self._stamp_open_connections()),
-        ]
 
-    async def _listen(self, server: web.Server, host: str, port: int) -> int:
-        runner = web.ServerRunner(
-            server,
-            shutdown_timeout=self.shutdown_grace,
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        self._runners.append(runner)
-        return runner.addresses[0][1]
+    # --- teardown helpers ---------------------------------------------------------------------
 
-    async def shutdown(self) -> None:
-        self.shutting_down = True
-        scheduler = getattr(self, "scheduler", None)
-        if scheduler is not None:
-            scheduler.stop()
-        # The main listener first: stop accepting, let in-flight requests finish (bounded);
-        # the admin listener answers /health with 503 meanwhile.
-        main, *admin = reversed(self._runners) if self._runners else (None,)
-        if main is not None:
-            await main.cleanup()
-        lifecycle = getattr(self, "lifecycle", None)
-        if lifecycle is not None:
-            await lifecycle.drain(self.shutdown_grace)
-        if self._tasks:
-            scheduler_task, stamping_task = self._tasks
-            stamping_task.cancel()
-            # The scheduler ends after the tick under way, if any (bounded).
-            _, pending = await asyncio.wait([scheduler_task], timeout=self.shutdown_grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        for runner in admin:
-            await runner.cleanup()
-        for closer in ("event_log", "registry", "provider"):
-            component = getattr(self, closer, None)
-            if component is not None:
-                await self._close(closer, component.close())
-        pool = getattr(self, "upstream_pool", None)
-        if pool is not None:
-            await pool.close()
-        for session in ("api_http", "upstream_http"):
-            client = getattr(self, session, None)
-            if client is not None:
-                await client.close()
-        log.info("paastis stopped")
+    async def _until_deadline(self, phase: Callable[[float], Awaitable[None]]) -> None:
+        """Runs a waiting phase of the shutdown with the time left before the close reserve."""
+        await phase(self._deadline.remaining(keep=self._close_reserve()))
 
-    async def _close(self, name: str, closing) -> None:
-        try:
-            await asyncio.wait_for(closing, timeout=self.shutdown_grace)
-        except Exception:
-            log.exception("closing the %s failed", name)
+    def _close_reserve(self) -> float:
+        return min(CLOSE_RESERVE, self.settings.shutdown_timeout / 4)
+
+    def _on_close(
+        self, stack: AsyncExitStack, name: str, close: Callable[[], Awaitable[None]]
+    ) -> None:
+        async def closing() -> None:
+            try:
+                # At least a moment, so a Redis flush is tried even when the waits used it all.
+                async with asyncio.timeout(max(self._deadline.remaining(), 0.1)):
+                    await close()
+            except Exception:
+                log.exception("closing the %s failed", name)
+
+        stack.push_async_callback(closing)
+
+    def _background(
+        self,
+        stack: AsyncExitStack,
+        work: Coroutine[Any, Any, None],
+        *,
+        stop: Callable[[], None] | None = None,
+    ) -> None:
+        """Runs `work` as a task. At shutdown, a task that can be asked to `stop` may end on its
+        own until the deadline; the others are cancelled at once."""
+        task = asyncio.ensure_future(work)
+
+        async def end(within: float) -> None:
+            if stop is not None:
+                stop()
+                await asyncio.wait([task], timeout=within)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        stack.push_async_callback(self._until_deadline, end)
+
+    # --- what the pieces ask of the server ----------------------------------------------------
 
     async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
         """The admin listener: the dashboard, health and metrics without a token, the system
