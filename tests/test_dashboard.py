@@ -108,7 +108,7 @@ async def test_a_person_sees_the_apps_types_the_token_stops_and_starts_them(
         emulator.add_app(name, base_url=url_of(server))
     emulator.add_app("review-pr17", status="stopped", base_url=url_of(server))
     go = tmp_path / "go"  # the wake of review-pr17 waits for it, so the page can see it wake
-    hold_start = f"for i in $(seq 200); do [ -f {go} ] && break; sleep 0.05; done"
+    hold_start = f"for i in $(seq 600); do [ -f {go} ] && break; sleep 0.05; done"
     env = scalingo_env(
         api_url,
         **SYSTEM_API,

@@ -500,7 +500,7 @@ async def describe(proxy, name: str) -> dict:
 
 def wait_for_file(path: Path) -> str:
     """A hook that holds the start or stop until the test creates `path` (bounded)."""
-    return f"for i in $(seq 200); do [ -f {path} ] && break; sleep 0.05; done"
+    return f"for i in $(seq 600); do [ -f {path} ] && break; sleep 0.05; done"
 
 
 async def test_state_is_waking_while_paastis_wakes_the_app_then_running(
@@ -515,6 +515,7 @@ async def test_state_is_waking_while_paastis_wakes_the_app_then_running(
 
     await call(proxy, "POST", "/apps/sleepy/start")
 
+    await eventually(lambda: proxy.server.lifecycle.is_waking("sleepy"), what="the wake begun")
     assert (await describe(proxy, "sleepy"))["state"] == "waking"
     go.touch()
     await wait_for_event(proxy, "APP_STARTED", "sleepy")
