@@ -11,17 +11,19 @@ from typing import Any
 import aiohttp
 
 from paastis.config import CommandLine, load_settings
+from paastis.providers import Backoff
 from paastis.providers.api import RetryPolicy
 from paastis.scheduler import TickReport
 from paastis.server import Server
 
 # Fast but faithful adapters: the same code, shorter waits.
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
+FAST_POLL = Backoff(first=0.05, factor=1.0, cap=0.05, min_gap=0.02)
 FAST_TUNING: dict[str, dict[str, Any]] = {
-    "scalingo": {"poll_interval": 0.05, "retry": FAST_RETRY},
-    "heroku": {"poll_interval": 0.05, "retry": FAST_RETRY},
-    "clever-cloud": {"poll_interval": 0.05, "retry": FAST_RETRY},
-    "local": {"poll_interval": 0.05, "stop_grace": 2.0},
+    "scalingo": {"poll": FAST_POLL, "retry": FAST_RETRY},
+    "heroku": {"poll": FAST_POLL, "retry": FAST_RETRY},
+    "clever-cloud": {"poll": FAST_POLL, "retry": FAST_RETRY},
+    "local": {"poll": FAST_POLL, "spawn_grace": 0.05, "stop_grace": 2.0},
 }
 
 # The Scalingo emulator takes any token; a system API token must have 16 characters or more.

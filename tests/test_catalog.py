@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from clock import ManualClock
-from harness import FAST_RETRY, SCALINGO_TOKEN
+from harness import FAST_POLL, FAST_RETRY, SCALINGO_TOKEN
 from paastis.catalog import MISS_REFRESH_INTERVAL, AppCatalog
 from paastis.providers import AppState
 from paastis.providers.api import ProviderCallCounter
@@ -23,7 +23,7 @@ def catalog_of(session):
             auth_url=api_url,
             session=session,
             counter=ProviderCallCounter(),
-            poll_interval=0.05,
+            poll=FAST_POLL,
             retry=FAST_RETRY,
         )
         return AppCatalog(provider, clock=clock)

@@ -696,3 +696,39 @@ def test_description_shows_only_the_chosen_providers_settings(cwd: Path) -> None
 
     assert provider["name"] == "scalingo"
     assert not [key for key in provider if key.startswith(("heroku_", "clever_"))]
+
+
+# PROVIDER_REGION as a list ------------------------------------------------------------------
+
+
+def test_scalingo_manages_every_region_of_a_comma_separated_list(cwd: Path) -> None:
+    s = load({**SCALINGO, "PROVIDER_REGION": " osc-fr1 , osc-secnum-fr1 "}, cwd)
+
+    assert s.provider.regions == ("osc-fr1", "osc-secnum-fr1")
+    assert s.provider.region == "osc-fr1"
+    assert describe(s)["provider"]["regions"] == ("osc-fr1", "osc-secnum-fr1")
+
+
+def test_heroku_keeps_the_apps_of_every_listed_region(cwd: Path) -> None:
+    env = {"PROVIDER_NAME": "heroku", "PROVIDER_HEROKU_API_TOKEN": "t", "PROVIDER_REGION": "eu,us"}
+
+    assert load(env, cwd).provider.regions == ("eu", "us")
+
+
+@pytest.mark.parametrize("value", ["osc fr1", "osc-fr1;osc-secnum-fr1", ","])
+def test_a_malformed_region_list_is_a_configuration_error(cwd: Path, value: str) -> None:
+    message = error_of({**SCALINGO, "PROVIDER_REGION": value}, cwd)
+
+    assert message.startswith(f"PROVIDER_REGION={value!r} is invalid")
+
+
+def test_one_api_url_for_several_regions_needs_a_region_placeholder(cwd: Path) -> None:
+    env = {
+        **SCALINGO,
+        "PROVIDER_REGION": "osc-fr1,osc-secnum-fr1",
+        "PROVIDER_SCALINGO_API_URL": "http://127.0.0.1:9001",
+    }
+
+    assert "put {region} where the region goes" in error_of(env, cwd)
+    env["PROVIDER_SCALINGO_API_URL"] = "http://127.0.0.1:9001/{region}"
+    assert load(env, cwd).provider.scalingo_api_url == "http://127.0.0.1:9001/{region}"

@@ -313,7 +313,8 @@ async def test_wrong_api_token_on_the_bridge_gives_502_without_the_token_in_logs
 
     async with proxy.get("shop.example.net") as response:
         assert response.status == 502
-    assert "the Clever Cloud credentials were rejected (API token)" in caplog.text
+    assert "the Clever Cloud credentials were rejected" in caplog.text
+    assert "check PROVIDER_CLEVER_API_TOKEN" in caplog.text
     assert wrong not in caplog.text
 
 

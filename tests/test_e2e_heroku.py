@@ -1,10 +1,9 @@
 """End to end with the Heroku adapter: real paastis, Heroku API emulator, test upstreams.
 
-The adapter learns an app's state (`GET /dynos`) within a refresh budget that accrues with
-time (840 refreshes an hour by default, i.e. 14 a minute), so these tests give it a manual
-clock: a freshly started paastis knows no state at all (its first tick lists apps as UNKNOWN
-and registers nothing), and each `minute_later()` tick affords 14 state fetches, exactly
-as the default one-minute cron would. Dynos boot on the event loop's real clock.
+The adapter learns each app's state (`GET /dynos`) once, paid from what the account's pool
+holds (`RateLimit-Remaining`), and keeps it; a state older than an hour is asked again. These
+tests give it a manual clock so that `minute_later()` is the next tick of a one-minute cron.
+Dynos boot on the event loop's real clock.
 """
 
 from __future__ import annotations
@@ -24,8 +23,8 @@ from harness import FAST_TUNING, RunningPaastis
 TOKEN = "heroku-e2e-token-0123456789"
 WRONG_TOKEN = "heroku-wrong-token-9876543210"
 FORMATION = "/apps/{app}/formation"
-# With the default budget, a tick a minute learns the state of this many unknown apps.
-STATES_PER_MINUTE = 840 // 60
+# The Heroku adapter spends no state fetch while the account's pool holds less than this.
+NEARLY_EMPTY_POOL = 400
 
 
 @pytest.fixture
@@ -109,8 +108,10 @@ async def test_concurrent_requests_for_an_app_of_unknown_state_ask_its_state_onc
     emulator, _ = heroku
     _upstream, upstream_server = await upstream_factory("fresh")
     emulator.add_app("fresh", web_url=web_url(upstream_server))
+    emulator.rate_limit.per_minute = 0
+    emulator.rate_limit.tokens = NEARLY_EMPTY_POOL
     proxy = await start()
-    await proxy.tick()  # listed, state unknown: no budget yet
+    await proxy.tick()  # listed, state unknown: the pool spares nothing for states
 
     async def one():
         async with proxy.get("fresh.example.net") as response:
@@ -122,22 +123,20 @@ async def test_concurrent_requests_for_an_app_of_unknown_state_ask_its_state_onc
     assert emulator.count("PATCH", FORMATION) == 0
 
 
-async def test_discovery_registers_a_running_app_once_its_state_is_known(heroku, start, clock):
+async def test_the_first_tick_registers_every_running_app(heroku, start):
     emulator, _ = heroku
     emulator.add_app("front")
     emulator.add_app("sleepy", formation={"web": 0})
     proxy = await start()
 
     first = await proxy.tick()
-    second = await minute_later(proxy, clock)
 
-    assert (first.listed, first.registered) == (2, [])  # listed, but no state known yet
-    assert second.registered == ["front"]
+    assert (first.listed, first.registered) == (2, ["front"])
     assert [app.name for app in await proxy.server.registry.list()] == ["front"]
     assert emulator.count("GET", "/apps/{app}/dynos", app="sleepy") == 1
 
 
-async def test_discovery_learns_fourteen_states_a_minute_with_the_default_budget(
+async def test_twenty_apps_are_registered_at_the_first_tick_and_later_ticks_fetch_no_state(
     heroku, start, clock
 ):
     emulator, _ = heroku
@@ -147,7 +146,7 @@ async def test_discovery_learns_fourteen_states_a_minute_with_the_default_budget
 
     reports = [await proxy.tick()] + [await minute_later(proxy, clock) for _ in range(3)]
 
-    assert [len(r.registered) for r in reports] == [0, STATES_PER_MINUTE, 20 - 14, 0]
+    assert [len(r.registered) for r in reports] == [20, 0, 0, 0]
     assert emulator.count("GET", "/apps/{app}/dynos") == 20
     assert len(await proxy.server.registry.list()) == 20
 
@@ -240,7 +239,7 @@ async def test_rejected_token_gives_502_and_a_log_line_without_the_token(
 
     assert statuses == [502, 502]
     assert report.skipped == "listing failed"
-    assert "the Heroku API token was rejected" in caplog.text
+    assert "the Heroku credentials were rejected" in caplog.text
     assert WRONG_TOKEN not in caplog.text
     assert emulator.count("PATCH", FORMATION) == 0
 
@@ -275,7 +274,7 @@ async def test_token_revoked_while_running_fails_the_wake_with_502(
 
     assert response.status == 502
     assert "asleep" in text
-    assert "the Heroku API token was rejected" in caplog.text
+    assert "the Heroku credentials were rejected" in caplog.text
     assert TOKEN not in caplog.text
 
 
@@ -295,10 +294,10 @@ async def test_wake_survives_a_storm_of_429_on_the_scale_call(heroku, start, ups
 
 async def test_tick_survives_a_storm_of_429_on_the_listing(heroku, start, clock):
     emulator, _ = heroku
-    emulator.add_app("front")
     proxy = await start()
     await proxy.tick()
     listings = emulator.count("GET", "/apps")
+    emulator.add_app("front")
     emulator.fail_next("/apps", 429, times=2, retry_after="0")
 
     report = await minute_later(proxy, clock)

@@ -16,8 +16,10 @@ from emulators.clever_cloud import CleverEmulator
 from paastis.providers import (
     AppNotFound,
     AppState,
+    Backoff,
     OperationFailed,
     ProviderAuthError,
+    ProviderUnavailable,
     WakeTimeout,
 )
 from paastis.providers.api import ProviderCallCounter, RetryPolicy
@@ -26,6 +28,7 @@ from paastis.providers.clever_cloud import (
     CleverOAuthCredentials,
     oauth_plaintext_header,
 )
+from paastis.providers.kit import start_and_wait
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -60,7 +63,7 @@ def make_provider(api: TestServer, session: aiohttp.ClientSession) -> MakeProvid
             "counter": ProviderCallCounter(),
             "oauth": OAUTH,
             "operation_timeout": 3.0,
-            "poll_interval": 0.02,
+            "poll": Backoff(0.02, factor=1.0, cap=0.02, min_gap=0.02),
             "retry": RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05),
         }
         options.update(overrides)
@@ -364,7 +367,7 @@ async def test_app_whose_start_failed_is_failed(
     emulator.add_app("front", state="SHOULD_BE_DOWN")
     emulator.fail_deployments = True
     with pytest.raises(OperationFailed):
-        await provider.start("front", None)
+        await start_and_wait(provider, "front", None)
 
     app = await provider.get_app("front")
 
@@ -480,7 +483,7 @@ async def test_start_follows_the_deployment_and_returns_once_an_instance_is_up(
 ) -> None:
     app_id = emulator.add_app("front", state="SHOULD_BE_DOWN", min_instances=2)
 
-    await provider.start("front", {"web": 3})
+    await start_and_wait(provider, "front", {"formation": {"web": 3}})
 
     app = emulator.apps[app_id]
     assert app.state == "SHOULD_BE_UP"
@@ -489,15 +492,55 @@ async def test_start_follows_the_deployment_and_returns_once_an_instance_is_up(
     assert emulator.count("GET", "deployment", app_id) >= 1
 
 
-async def test_start_waits_for_an_up_instance_after_the_deployment(
+async def test_start_returns_once_clever_accepted_the_redeploy(
     provider: CleverCloudProvider, emulator: CleverEmulator
 ) -> None:
     app_id = emulator.add_app("front", state="SHOULD_BE_DOWN")
-    emulator.instance_up_delay = 0.2
+    emulator.boot_delay = 5.0
 
-    await provider.start("front", None)
+    startup = await provider.start("front", None)
 
-    assert emulator.apps[app_id].instances[0]["state"] == "UP"
+    assert emulator.apps[app_id].deployments[0]["state"] == "WIP"
+    assert await startup.running() is False
+
+
+async def test_a_wake_joins_its_own_deployment_still_in_progress(
+    provider: CleverCloudProvider, emulator: CleverEmulator
+) -> None:
+    app_id = emulator.add_app("front", state="SHOULD_BE_DOWN")
+    emulator.boot_delay = 0.3
+    await provider.start("front", None)  # a wake that timed out, say
+
+    await start_and_wait(provider, "front", None)
+
+    assert emulator.count("POST", "instances", app_id) == 1
+    assert emulator.apps[app_id].state == "SHOULD_BE_UP"
+
+
+async def test_a_wake_joins_a_deployment_the_app_shows_in_progress(
+    provider: CleverCloudProvider, emulator: CleverEmulator
+) -> None:
+    app_id = emulator.add_app("front", state="SHOULD_BE_DOWN")
+    emulator.boot_delay = 0.3
+    emulator.redeploy(app_id)  # started elsewhere: another paastis, the console
+    await provider.list_apps()
+
+    await start_and_wait(provider, "front", None)
+
+    assert emulator.count("POST", "instances", app_id) == 0
+    assert emulator.apps[app_id].state == "SHOULD_BE_UP"
+
+
+async def test_a_redeploy_answered_500_is_not_resent(
+    provider: CleverCloudProvider, emulator: CleverEmulator
+) -> None:
+    app_id = emulator.add_app("front", state="SHOULD_BE_DOWN")
+    emulator.fail_next("instances", 500, times=5, method="POST")
+
+    with pytest.raises(ProviderUnavailable, match="not resent"):
+        await provider.start("front", None)
+
+    assert emulator.count("POST", "instances", app_id) == 1
 
 
 async def test_organisation_app_is_started_through_the_organisation_path(
@@ -505,7 +548,7 @@ async def test_organisation_app_is_started_through_the_organisation_path(
 ) -> None:
     app_id = emulator.add_app("shared", owner="orga_acme", state="SHOULD_BE_DOWN")
 
-    await provider.start("shared", None)
+    await start_and_wait(provider, "shared", None)
 
     posts = [c.path for c in emulator.calls if c.method == "POST"]
     assert posts == [f"/v2/organisations/orga_acme/applications/{app_id}/instances"]
@@ -520,7 +563,7 @@ async def test_failed_deployment_fails_the_start_without_waiting_for_the_timeout
     started = time.monotonic()
 
     with pytest.raises(OperationFailed, match="FAIL"):
-        await provider.start("front", None)
+        await start_and_wait(provider, "front", None)
 
     assert time.monotonic() - started < 1.0
 
@@ -534,7 +577,7 @@ async def test_start_past_the_operation_timeout_raises_wake_timeout(
     started = time.monotonic()
 
     with pytest.raises(WakeTimeout):
-        await provider.start("front", None)
+        await start_and_wait(provider, "front", None)
 
     assert time.monotonic() - started < 1.0
 
@@ -584,7 +627,7 @@ async def test_start_survives_a_storm_of_429(
         emulator.fail_next(route, 429, times=3, retry_after=1)
     provider = make_provider(retry=RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.02))
 
-    await provider.start("front", None)
+    await start_and_wait(provider, "front", None)
 
     assert emulator.apps[app_id].state == "SHOULD_BE_UP"
     assert sum(1 for c in emulator.calls if c.status == 429) == 9

@@ -17,13 +17,15 @@ from emulators.heroku import ACCEPT, HerokuEmulator
 from paastis.providers import (
     AppNotFound,
     AppState,
+    Backoff,
     OperationFailed,
     ProviderAuthError,
     ProviderUnavailable,
     WakeTimeout,
 )
 from paastis.providers.api import ProviderCallCounter, RetryPolicy
-from paastis.providers.heroku import HerokuProvider
+from paastis.providers.heroku import RESERVE, HerokuProvider
+from paastis.providers.kit import start_and_wait
 
 TOKEN = "heroku-test-token-5f3c"
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
@@ -51,7 +53,7 @@ def make_provider(
         "api_url": str(server.make_url("")),
         "session": session,
         "counter": ProviderCallCounter(),
-        "poll_interval": 0.05,
+        "poll": Backoff(0.05, factor=1.0, cap=0.05, min_gap=0.05),
         "operation_timeout": 5.0,
         "retry": FAST_RETRY,
         **overrides,
@@ -129,7 +131,7 @@ async def test_a_configured_region_keeps_only_its_apps(
     emulator.add_app("in-eu", region="eu")
     emulator.add_app("in-us", region="us")
 
-    apps = await make_provider(server, session, region="eu").list_apps()
+    apps = await make_provider(server, session, regions=["eu"]).list_apps()
 
     assert [app.name for app in apps] == ["in-eu"]
 
@@ -180,7 +182,9 @@ async def test_start_restores_the_formation_in_one_patch_and_returns_once_web_is
 ) -> None:
     emulator.add_app("shop", formation={"web": 0, "worker": 0})
 
-    await make_provider(server, session).start("shop", {"web": 2, "worker": 1})
+    await start_and_wait(
+        make_provider(server, session), "shop", {"formation": {"web": 2, "worker": 1}}
+    )
 
     assert emulator.count("PATCH", FORMATION, app="shop") == 1
     assert emulator.apps["shop"].formation == {"web": 2, "worker": 1}
@@ -192,7 +196,7 @@ async def test_start_without_a_remembered_formation_runs_one_web_dyno(
 ) -> None:
     emulator.add_app("shop", formation={"web": 0, "worker": 0})
 
-    await make_provider(server, session).start("shop", None)
+    await start_and_wait(make_provider(server, session), "shop", None)
 
     assert emulator.apps["shop"].formation == {"web": 1, "worker": 0}
 
@@ -202,7 +206,9 @@ async def test_start_drops_a_process_type_the_app_no_longer_has(
 ) -> None:
     emulator.add_app("shop", formation={"web": 0})
 
-    await make_provider(server, session).start("shop", {"web": 1, "clock": 1})
+    await start_and_wait(
+        make_provider(server, session), "shop", {"formation": {"web": 1, "clock": 1}}
+    )
 
     assert emulator.apps["shop"].formation == {"web": 1}
     assert ("web", "up") in emulator.dyno_states("shop")
@@ -215,7 +221,8 @@ async def test_start_polls_the_dynos_no_faster_than_the_poll_interval(
     emulator.add_app("shop", formation={"web": 0})
     server = await aiohttp_server(emulator.app())
 
-    await make_provider(server, session, poll_interval=0.2).start("shop", None)
+    poll = Backoff(0.2, factor=1.0, cap=0.2, min_gap=0.2)
+    await start_and_wait(make_provider(server, session, poll=poll), "shop", None)
 
     polls = [at for at, method, route, _ in emulator.log if (method, route) == ("GET", DYNOS)]
     assert len(polls) >= 2
@@ -228,7 +235,7 @@ async def test_start_fails_when_the_web_dynos_crash(
     emulator.add_app("shop", formation={"web": 0}).boot_outcome = "crashed"
 
     with pytest.raises(OperationFailed):
-        await make_provider(server, session).start("shop", None)
+        await start_and_wait(make_provider(server, session), "shop", None)
 
 
 async def test_start_past_the_operation_timeout_raises_wake_timeout(
@@ -239,7 +246,7 @@ async def test_start_past_the_operation_timeout_raises_wake_timeout(
     server = await aiohttp_server(emulator.app())
 
     with pytest.raises(WakeTimeout):
-        await make_provider(server, session, operation_timeout=0.3).start("shop", None)
+        await start_and_wait(make_provider(server, session, operation_timeout=0.3), "shop", None)
 
 
 async def test_stop_remembers_the_formation_and_scales_everything_to_zero_in_one_patch(
@@ -249,7 +256,7 @@ async def test_stop_remembers_the_formation_and_scales_everything_to_zero_in_one
 
     remembered = await make_provider(server, session).stop("shop")
 
-    assert remembered == {"web": 2, "worker": 1}
+    assert remembered == {"formation": {"web": 2, "worker": 1}}
     assert emulator.count("PATCH", FORMATION, app="shop") == 1
     assert emulator.apps["shop"].formation == {"web": 0, "worker": 0, "clock": 0}
     assert emulator.dyno_states("shop") == []
@@ -271,7 +278,7 @@ async def test_own_start_and_stop_update_the_state_without_refresh_calls(
 ) -> None:
     emulator.add_app("shop", formation={"web": 1})
     clock = ManualClock()
-    provider = make_provider(server, session, clock=clock, state_refresh_budget_per_hour=0)
+    provider = make_provider(server, session, clock=clock)
 
     await provider.stop("shop")
     [app] = await provider.list_apps()
@@ -289,7 +296,7 @@ async def test_a_missing_or_wrong_token_raises_provider_auth_error(
 ) -> None:
     emulator.add_app("shop")
 
-    with pytest.raises(ProviderAuthError, match="the Heroku API token was rejected"):
+    with pytest.raises(ProviderAuthError, match="the Heroku credentials were rejected"):
         await make_provider(server, session, api_token=token).list_apps()
 
 
@@ -331,45 +338,78 @@ async def test_a_persistent_500_raises_provider_unavailable(
         await make_provider(server, session).get_app("shop")
 
 
-# -- state freshness within the rate-limit budget --------------------------------------------
+async def test_a_403_two_factor_says_a_second_factor_is_required(
+    emulator: HerokuEmulator, server: TestServer, session: aiohttp.ClientSession
+) -> None:
+    body = {"id": "two_factor", "message": "A second authentication factor is required."}
+    emulator.fail_next("/apps", 403, body=body)
+
+    with pytest.raises(ProviderAuthError) as caught:
+        await make_provider(server, session).list_apps()
+
+    message = str(caught.value)
+    assert "second factor" in message and "two_factor" in message
+    assert "credentials were rejected" not in message
 
 
-async def test_two_hundred_apps_listed_every_minute_cost_at_most_900_calls_in_any_hour(
+# -- states within the account's pool -------------------------------------------------------
+
+
+def two_hundred_apps(emulator: HerokuEmulator) -> None:
+    for index in range(200):
+        emulator.add_app(f"app-{index:03d}", formation={"web": index % 2})
+
+
+async def test_the_first_listing_of_200_apps_knows_every_state(
+    aiohttp_server: ServerFactory, session: aiohttp.ClientSession
+) -> None:
+    emulator = HerokuEmulator(token=TOKEN, clock=ManualClock())
+    two_hundred_apps(emulator)
+    server = await aiohttp_server(emulator.app())
+
+    apps = await make_provider(server, session).list_apps()
+
+    expected = {True: AppState.RUNNING, False: AppState.STOPPED}
+    assert {app.name: app.state for app in apps} == {
+        name: expected[app.formation["web"] > 0] for name, app in emulator.apps.items()
+    }
+    assert emulator.count("GET", DYNOS) == 200
+
+
+async def test_200_apps_listed_every_minute_cost_260_calls_in_the_first_hour(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
     clock = ManualClock()
     emulator = HerokuEmulator(token=TOKEN, clock=clock)
-    for index in range(200):
-        emulator.add_app(f"app-{index:03d}", formation={"web": index % 2})
+    two_hundred_apps(emulator)
     server = await aiohttp_server(emulator.app())
     provider = make_provider(server, session, clock=clock)
     calls_per_tick: list[int] = []
 
-    for _ in range(120):  # two simulated hours: the warm-up one and a steady one
+    for _ in range(120):  # two simulated hours of a one-minute cron
         before = emulator.total_calls
         await provider.list_apps()
         calls_per_tick.append(emulator.total_calls - before)
         clock.advance(60)
 
+    # One listing a minute, and each state once an hour (max_state_age).
     hourly = [sum(calls_per_tick[start : start + 60]) for start in range(61)]
-    assert max(hourly) <= 900
+    assert hourly[0] == 60 + 200
+    assert max(hourly) == 60 + 200
 
 
-async def test_after_warm_up_every_app_state_is_known_and_under_15_minutes_old_at_every_tick(
+async def test_every_state_stays_known_and_true_without_being_fetched_at_every_tick(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
     clock = ManualClock()
     emulator = HerokuEmulator(token=TOKEN, clock=clock)
-    for index in range(200):
-        emulator.add_app(f"app-{index:03d}", formation={"web": index % 2})
+    two_hundred_apps(emulator)
     server = await aiohttp_server(emulator.app())
     provider = make_provider(server, session, clock=clock)
-    warm_up_ticks = 15  # 200 apps at 14 refreshes a minute
-    await run_ticks(provider, clock, ticks=warm_up_ticks)
     oldest_ages: list[float] = []
     wrong_states: list[str] = []
 
-    for _ in range(60):
+    for _ in range(90):
         apps = await provider.list_apps()
         fetched = emulator.last_call_times("GET", DYNOS)
         oldest_ages.append(max(clock() - fetched.get(app.name, float("-inf")) for app in apps))
@@ -381,34 +421,32 @@ async def test_after_warm_up_every_app_state_is_known_and_under_15_minutes_old_a
         ]
         clock.advance(60)
 
-    assert max(oldest_ages) <= 900
+    assert max(oldest_ages) <= 3600
     assert wrong_states == []
 
 
-async def test_a_low_rate_limit_remaining_slows_the_state_refreshes(
+async def test_a_low_pool_is_spent_down_to_the_reserve_and_no_further(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
     clock = ManualClock()
     emulator = HerokuEmulator(token=TOKEN, clock=clock, rate_limit_per_minute=0)
-    emulator.rate_limit.tokens = 900  # 20 % of the account's pool
-    for index in range(200):
-        emulator.add_app(f"app-{index:03d}")
+    emulator.rate_limit.tokens = 600
+    two_hundred_apps(emulator)
     server = await aiohttp_server(emulator.app())
 
     await run_ticks(make_provider(server, session, clock=clock), clock, ticks=11)
 
-    full_pace = 10 * 14  # ten minutes of 840 refreshes an hour
-    assert 0 < emulator.count("GET", DYNOS) <= full_pace // 3
+    assert 0 < emulator.count("GET", DYNOS) <= 600 - RESERVE
+    assert emulator.rate_limit.tokens >= RESERVE - 11  # what the listings themselves cost
 
 
-async def test_a_nearly_empty_rate_limit_pool_pauses_the_state_refreshes(
+async def test_a_nearly_empty_pool_pauses_the_state_fetches(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
     clock = ManualClock()
     emulator = HerokuEmulator(token=TOKEN, clock=clock, rate_limit_per_minute=0)
-    emulator.rate_limit.tokens = 400  # under 10 % of the account's pool
-    for index in range(200):
-        emulator.add_app(f"app-{index:03d}")
+    emulator.rate_limit.tokens = 400  # under the reserve
+    two_hundred_apps(emulator)
     server = await aiohttp_server(emulator.app())
 
     await run_ticks(make_provider(server, session, clock=clock), clock, ticks=11)
@@ -416,7 +454,7 @@ async def test_a_nearly_empty_rate_limit_pool_pauses_the_state_refreshes(
     assert emulator.count("GET", DYNOS) == 0
 
 
-async def test_a_small_account_does_not_refresh_settled_states_every_tick(
+async def test_a_small_account_fetches_each_state_once_an_hour(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
     clock = ManualClock()
@@ -427,19 +465,21 @@ async def test_a_small_account_does_not_refresh_settled_states_every_tick(
 
     await run_ticks(make_provider(server, session, clock=clock), clock, ticks=60)
 
-    # Each app at most once per 5 minutes (max_state_age / 3), not 60 times an hour.
-    assert emulator.count("GET", DYNOS) <= 5 * 12
+    assert emulator.count("GET", DYNOS) == 5
 
 
 async def test_a_state_older_than_max_state_age_is_reported_unknown(
-    emulator: HerokuEmulator, server: TestServer, session: aiohttp.ClientSession
+    aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
-    emulator.add_app("shop")
     clock = ManualClock()
-    provider = make_provider(server, session, clock=clock, state_refresh_budget_per_hour=0)
+    emulator = HerokuEmulator(token=TOKEN, clock=clock, rate_limit_per_minute=0)
+    emulator.add_app("shop")
+    server = await aiohttp_server(emulator.app())
+    provider = make_provider(server, session, clock=clock)
     await provider.get_app("shop")
+    emulator.rate_limit.tokens = 400  # nothing to spare for a fresh look
 
-    clock.advance(901)
+    clock.advance(3601)
     [app] = await provider.list_apps()
 
     assert app.state is AppState.UNKNOWN

@@ -9,12 +9,16 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from harness import FAST_POLL
 from paastis.providers import AppNotFound, AppState, OperationFailed, WakeTimeout
-from paastis.providers.local import LocalAppSpec, LocalProvider
+from paastis.providers.kit import start_and_wait
+from paastis.providers.local import LocalProvider
+from paastis.rules import LocalAppSpec
 from processes import (
     accepts_connections,
     free_port,
@@ -44,9 +48,8 @@ async def http_status(port: int, within: float = 10.0) -> int:
 
 
 def make_provider(*specs: LocalAppSpec, **options: float) -> LocalProvider:
-    settings = {"operation_timeout": 2.0, "command_timeout": 5.0, "stop_grace": 2.0}
-    settings["poll_interval"] = 0.05
-    settings.update(options)
+    settings: dict[str, Any] = {"operation_timeout": 2.0, "command_timeout": 5.0}
+    settings.update({"stop_grace": 2.0, "poll": FAST_POLL, "spawn_grace": 0.05, **options})
     return LocalProvider({spec.name: spec for spec in specs}, **settings)
 
 
@@ -94,7 +97,7 @@ async def test_starting_a_command_app_spawns_a_server_that_answers(
     port = free_port()
     provider = provider_of(http_server_app("hello", port, tmp_path / "pid"))
 
-    await provider.start("hello", None)
+    await start_and_wait(provider, "hello", None)
 
     assert await http_status(port) == 200
     assert (await provider.get_app("hello")).state is AppState.RUNNING
@@ -105,7 +108,7 @@ async def test_stopping_a_command_app_kills_its_process_and_closes_its_port(
 ) -> None:
     port = free_port()
     provider = provider_of(http_server_app("hello", port, tmp_path / "pid"))
-    await provider.start("hello", None)
+    await start_and_wait(provider, "hello", None)
     await http_status(port)
     pid = await read_pid(tmp_path / "pid")
 
@@ -126,7 +129,7 @@ async def test_a_process_ignoring_sigterm_is_killed_after_stop_grace(
         command=f"trap '' TERM; echo $$ > {pidfile}; sleep 30",
     )
     provider = provider_of(stubborn, stop_grace=0.3)
-    await provider.start("stubborn", None)
+    await start_and_wait(provider, "stubborn", None)
     pid = await read_pid(pidfile)
 
     began = time.monotonic()
@@ -145,7 +148,7 @@ async def test_a_command_that_exits_at_once_fails_the_start_with_its_exit_code(
     )
 
     with pytest.raises(OperationFailed, match="code 3"):
-        await provider.start("broken", None)
+        await start_and_wait(provider, "broken", None)
 
     assert (await provider.get_app("broken")).state is AppState.FAILED
 
@@ -156,7 +159,7 @@ async def test_a_command_app_that_dies_later_shows_as_failed(
     provider = provider_of(
         LocalAppSpec(name="flaky", upstream="http://127.0.0.1:9", command="sleep 0.3; exit 4")
     )
-    await provider.start("flaky", None)
+    await start_and_wait(provider, "flaky", None)
     states: list[AppState] = []
 
     async def failed() -> bool:
@@ -182,10 +185,10 @@ async def test_starting_a_running_command_app_does_not_spawn_it_twice(
         )
     )
 
-    await provider.start("once", None)
+    await start_and_wait(provider, "once", None)
     await read_pid(starts)  # the first one is up
 
-    await provider.start("once", None)
+    await start_and_wait(provider, "once", None)
 
     await asyncio.sleep(0.2)  # time enough for a second process to write its line
     assert len((read(starts) or "").split()) == 1
@@ -196,10 +199,10 @@ async def test_a_stopped_command_app_can_be_started_again(
 ) -> None:
     port = free_port()
     provider = provider_of(http_server_app("hello", port, tmp_path / "pid"))
-    await provider.start("hello", None)
+    await start_and_wait(provider, "hello", None)
     await provider.stop("hello")
 
-    await provider.start("hello", None)
+    await start_and_wait(provider, "hello", None)
 
     assert await http_status(port) == 200
 
@@ -214,7 +217,7 @@ async def test_a_command_apps_output_is_logged_with_its_name(
         )
     )
 
-    await provider.start("chatty", None)
+    await start_and_wait(provider, "chatty", None)
 
     await eventually(lambda: "chatty: hello-there" in [r.getMessage() for r in caplog.records])
 
@@ -230,7 +233,7 @@ async def test_close_terminates_every_spawned_process(tmp_path: Path) -> None:
     ]
     provider = make_provider(*specs)
     for spec in specs:
-        await provider.start(spec.name, None)
+        await start_and_wait(provider, spec.name, None)
     pids = [await read_pid(tmp_path / str(i)) for i in range(2)]
 
     await provider.close()
@@ -245,7 +248,7 @@ async def test_a_closed_provider_refuses_to_start_apps(tmp_path: Path) -> None:
     await provider.close()
 
     with pytest.raises(OperationFailed, match="closed"):
-        await provider.start("late", None)
+        await start_and_wait(provider, "late", None)
 
 
 # `start` / `stop` / `status` apps -----------------------------------------------------------
@@ -258,7 +261,7 @@ async def test_start_runs_the_start_command_until_status_reports_running(
     provider = provider_of(file_app("db-admin", flag))
     assert (await provider.get_app("db-admin")).state is AppState.STOPPED
 
-    await provider.start("db-admin", None)
+    await start_and_wait(provider, "db-admin", None)
 
     assert read(flag) is not None
     assert (await provider.get_app("db-admin")).state is AppState.RUNNING
@@ -269,7 +272,7 @@ async def test_stop_runs_the_stop_command(
 ) -> None:
     flag = tmp_path / "running"
     provider = provider_of(file_app("db-admin", flag))
-    await provider.start("db-admin", None)
+    await start_and_wait(provider, "db-admin", None)
 
     assert await provider.stop("db-admin") is None
 
@@ -291,7 +294,7 @@ async def test_start_waits_for_a_status_that_reports_running_late(
     )
     provider = provider_of(spec)
 
-    await provider.start("slow", None)
+    await start_and_wait(provider, "slow", None)
 
     assert read(flag) is not None
 
@@ -331,7 +334,7 @@ async def test_start_times_out_when_status_never_reports_running(
 
     began = time.monotonic()
     with pytest.raises(WakeTimeout):
-        await provider.start("never", None)
+        await start_and_wait(provider, "never", None)
 
     assert time.monotonic() - began < 3
 
@@ -344,7 +347,7 @@ async def test_a_failing_start_command_raises_operation_failed(
     )
 
     with pytest.raises(OperationFailed, match="code 2"):
-        await provider_of(spec).start("x", None)
+        await start_and_wait(provider_of(spec), "x", None)
 
 
 async def test_a_failing_stop_command_raises_operation_failed(
@@ -362,7 +365,7 @@ async def test_without_status_the_state_follows_the_last_action(
     provider = provider_of(file_app("plain", tmp_path / "flag", status=None))
     states = [(await provider.get_app("plain")).state]
 
-    await provider.start("plain", None)
+    await start_and_wait(provider, "plain", None)
     states.append((await provider.get_app("plain")).state)
     await provider.stop("plain")
     states.append((await provider.get_app("plain")).state)
@@ -382,7 +385,7 @@ async def test_list_apps_reports_every_declared_app_with_its_state_and_upstream(
         file_app("db-admin", tmp_path / "flag"),
         file_app("plain", tmp_path / "plain", status=None),
     )
-    await provider.start("hello", None)
+    await start_and_wait(provider, "hello", None)
 
     apps = {app.name: app for app in await provider.list_apps()}
 
@@ -403,7 +406,7 @@ async def test_an_undeclared_app_is_not_found(provider_of: Callable[..., LocalPr
     with pytest.raises(AppNotFound):
         await provider.get_app("nope")
     with pytest.raises(AppNotFound):
-        await provider.start("nope", None)
+        await start_and_wait(provider, "nope", None)
 
 
 # The spec ----------------------------------------------------------------------------------

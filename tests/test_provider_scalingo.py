@@ -18,13 +18,15 @@ from emulators.scalingo import ScalingoEmulator
 from paastis.providers import (
     AppNotFound,
     AppState,
+    Backoff,
     OperationFailed,
     ProviderAuthError,
     ProviderUnavailable,
     WakeTimeout,
 )
 from paastis.providers.api import ProviderCallCounter, RetryPolicy
-from paastis.providers.ratelimit import TokenBucket
+from paastis.providers.kit import start_and_wait
+from paastis.providers.ratelimit import SlidingWindow
 from paastis.providers.scalingo import ScalingoProvider
 
 TOKEN = "tk-us-emulated-token"
@@ -55,10 +57,11 @@ def make_provider(server: TestServer, session: aiohttp.ClientSession) -> MakePro
             "auth_url": base,
             "session": session,
             "counter": ProviderCallCounter(),
-            "poll_interval": POLL,
+            "poll": Backoff(POLL, factor=1.0, cap=POLL, min_gap=POLL),
             "operation_timeout": 5.0,
             "retry": RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05),
-            "limiter": TokenBucket(1000, 1000),
+            # Scalingo's window, shrunk: a 429 holds the callers for 0.1 s, not a minute.
+            "limiter": SlidingWindow(1000, 0.1),
         }
         options.update(overrides)
         return ScalingoProvider(**options)
@@ -85,8 +88,6 @@ def api_calls(emulator: ScalingoEmulator) -> int:
         ("running", AppState.RUNNING),
         ("stopped", AppState.STOPPED),
         ("scaling", AppState.STARTING),
-        ("restarting", AppState.STARTING),
-        ("booting", AppState.STARTING),
         ("crashed", AppState.FAILED),
         ("new", AppState.STOPPED),
         ("something-else", AppState.UNKNOWN),
@@ -100,6 +101,22 @@ async def test_list_apps_maps_scalingo_status_to_state(
     [app] = await provider.list_apps()
 
     assert (app.state, app.status) == (state, status)
+
+
+@pytest.mark.parametrize("status", ["booting", "restarting"])
+async def test_an_app_deploying_while_its_web_runs_is_running_not_asleep(
+    emulator: ScalingoEmulator, provider: ScalingoProvider, status: str
+) -> None:
+    emulator.add_app("serving", {"web": 1}, status=status)
+    emulator.add_app("booting-web", {"web": 1}, status=status)
+    emulator.apps["booting-web"].containers[0].ready_at = asyncio.get_running_loop().time() + 60
+
+    listed = {app.name: app.state for app in await provider.list_apps()}
+    fetched = {name: (await provider.get_app(name)).state for name in listed}
+
+    expected = {"serving": AppState.RUNNING, "booting-web": AppState.STARTING}
+    assert listed == fetched == expected
+    assert emulator.count("ps") == 4  # the containers were read, at the listing and each get
 
 
 async def test_list_apps_is_a_single_api_call(
@@ -197,7 +214,17 @@ async def test_start_restores_the_remembered_formation(
 ) -> None:
     emulator.add_app("shop", {"web": 2, "worker": 1}, status="stopped")
 
-    await provider.start("shop", {"web": 2, "worker": 1})
+    await start_and_wait(provider, "shop", {"formation": {"web": 2, "worker": 1}})
+
+    assert emulator.apps["shop"].formation == {"web": 2, "worker": 1}
+
+
+async def test_start_reads_a_formation_remembered_by_an_earlier_version(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 2, "worker": 1}, status="stopped")
+
+    await start_and_wait(provider, "shop", {"web": 2, "worker": 1})  # flat, as Redis may hold
 
     assert emulator.apps["shop"].formation == {"web": 2, "worker": 1}
 
@@ -208,23 +235,37 @@ async def test_start_returns_only_once_web_containers_run(
     emulator.add_app("shop", {"web": 2, "worker": 1}, status="stopped")
     began = time.monotonic()
 
-    await provider.start("shop", {"web": 2, "worker": 1})
+    await start_and_wait(provider, "shop", {"formation": {"web": 2, "worker": 1}})
 
     assert time.monotonic() - began >= BOOT
     assert emulator.web_states("shop") == ["running", "running"]
     assert emulator.status_of("shop") == "running"
 
 
-async def test_start_waits_for_web_containers_still_booting_after_the_operation(
+async def test_start_returns_once_the_platform_accepted_the_scale(
     emulator: ScalingoEmulator, provider: ScalingoProvider
 ) -> None:
-    emulator.container_boot_lag = 0.2
     emulator.add_app("shop", {"web": 1}, status="stopped")
 
-    await provider.start("shop", None)
+    startup = await provider.start("shop", None)
 
-    assert emulator.web_states("shop") == ["running"]
-    assert emulator.count("ps") >= 2
+    assert emulator.statuses("scale") == [202]
+    assert emulator.web_states("shop") == ["booting"]
+    assert await startup.running() is False
+
+
+async def test_a_stopped_app_without_operation_runs_once_its_web_containers_run(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    # Scaled by someone else meanwhile: "no change", so the containers tell.
+    emulator.container_boot_lag = 0.2
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+    await provider.start("shop", None)
+    startup = await provider.start("shop", {"formation": {"web": 1}})
+
+    assert await startup.running() is False
+    await asyncio.sleep(BOOT + 0.25)
+    assert await startup.running() is True
 
 
 async def test_start_without_formation_scales_web_to_one(
@@ -232,7 +273,7 @@ async def test_start_without_formation_scales_web_to_one(
 ) -> None:
     emulator.add_app("shop", {"web": 3, "worker": 2}, status="stopped")
 
-    await provider.start("shop", None)
+    await start_and_wait(provider, "shop", None)
 
     assert emulator.apps["shop"].formation == {"web": 1, "worker": 0}
 
@@ -242,7 +283,7 @@ async def test_start_without_formation_never_scales_down_a_running_web(
 ) -> None:
     emulator.add_app("shop", {"web": 3})
 
-    await provider.start("shop", None)
+    await start_and_wait(provider, "shop", None)
 
     assert emulator.apps["shop"].formation == {"web": 3}
     assert emulator.count("scale") == 0
@@ -264,7 +305,7 @@ async def test_start_of_running_app_treats_no_change_as_success(
 ) -> None:
     emulator.add_app("shop", {"web": 1})
 
-    await provider.start("shop", {"web": 1})
+    await start_and_wait(provider, "shop", {"formation": {"web": 1}})
 
     assert emulator.statuses("scale") == [400]
     assert emulator.count("operation") == 0
@@ -274,9 +315,9 @@ async def test_start_retries_while_the_app_is_busy(
     emulator: ScalingoEmulator, provider: ScalingoProvider
 ) -> None:
     emulator.add_app("shop", {"web": 1}, status="stopped")
-    emulator.make_busy("shop", 0.15)
+    emulator.make_busy("shop", 0.4)
 
-    await provider.start("shop", {"web": 1})
+    await start_and_wait(provider, "shop", {"formation": {"web": 1}})
 
     statuses = emulator.statuses("scale")
     assert statuses[0] == 422 and statuses[-1] == 202
@@ -285,7 +326,7 @@ async def test_start_retries_while_the_app_is_busy(
 
 async def test_start_of_unknown_app_raises_app_not_found(provider: ScalingoProvider) -> None:
     with pytest.raises(AppNotFound):
-        await provider.start("ghost", None)
+        await start_and_wait(provider, "ghost", None)
 
 
 @pytest.mark.parametrize("status", [404, 422])
@@ -296,7 +337,7 @@ async def test_start_drops_remembered_types_the_app_no_longer_has(
     emulator.unknown_type_status = status
     emulator.add_app("shop", {"web": 1, "worker": 1}, status="stopped")
 
-    await provider.start("shop", {"web": 2, "worker": 1, "clock": 1})
+    await start_and_wait(provider, "shop", {"formation": {"web": 2, "worker": 1, "clock": 1}})
 
     assert emulator.apps["shop"].formation == {"web": 2, "worker": 1}
 
@@ -309,7 +350,7 @@ async def test_start_refused_for_a_formation_that_fits_raises_operation_failed(
     emulator.fail_next("scale", 422, refusal, times=5)
 
     with pytest.raises(OperationFailed):
-        await provider.start("shop", {"web": 1})
+        await start_and_wait(provider, "shop", {"formation": {"web": 1}})
 
     assert emulator.count("scale", app="shop") == 1
 
@@ -321,7 +362,7 @@ async def test_start_raises_operation_failed_when_the_operation_errors(
     emulator.apps["shop"].next_operation_error = "container failed to boot"
 
     with pytest.raises(OperationFailed, match="container failed to boot"):
-        await provider.start("shop", None)
+        await start_and_wait(provider, "shop", None)
 
 
 async def test_start_of_never_deployed_app_raises_operation_failed(
@@ -330,7 +371,7 @@ async def test_start_of_never_deployed_app_raises_operation_failed(
     emulator.add_app("fresh", {"web": 0}, status="new")
 
     with pytest.raises(OperationFailed, match="never been deployed"):
-        await provider.start("fresh", None)
+        await start_and_wait(provider, "fresh", None)
 
 
 async def test_start_longer_than_operation_timeout_raises_wake_timeout(
@@ -342,7 +383,7 @@ async def test_start_longer_than_operation_timeout_raises_wake_timeout(
     began = time.monotonic()
 
     with pytest.raises(WakeTimeout):
-        await provider.start("slow", None)
+        await start_and_wait(provider, "slow", None)
 
     assert time.monotonic() - began < 1.0
 
@@ -352,7 +393,7 @@ async def test_start_polls_no_faster_than_poll_interval(
 ) -> None:
     emulator.add_app("shop", {"web": 1}, status="stopped")
 
-    await provider.start("shop", None)
+    await start_and_wait(provider, "shop", None)
 
     polls = [c.at for c in emulator.log if c.route == "operation"]
     assert len(polls) >= 2
@@ -364,26 +405,26 @@ async def test_one_wake_makes_a_bounded_number_of_api_calls(
 ) -> None:
     emulator.add_app("shop", {"web": 2, "worker": 1}, status="stopped")
 
-    await provider.start("shop", {"web": 2, "worker": 1})
+    await start_and_wait(provider, "shop", {"formation": {"web": 2, "worker": 1}})
 
     # One scale, one operation poll per interval of the boot (plus one late), one /ps.
     assert api_calls(emulator) <= 1 + math.ceil(BOOT / POLL) + 1 + 2
 
 
-async def test_concurrent_wakes_keep_within_the_rate_limiter(
+async def test_concurrent_wakes_keep_within_the_sliding_window(
     emulator: ScalingoEmulator, make_provider: MakeProvider
 ) -> None:
     emulator.boot_delay = 0.0
     for i in range(4):
         emulator.add_app(f"app-{i}", {"web": 1}, status="stopped")
-    provider = make_provider(limiter=TokenBucket(3, 20))
-    began = time.monotonic()
+    provider = make_provider(limiter=SlidingWindow(3, 0.2))
 
-    await asyncio.gather(*(provider.start(f"app-{i}", {"web": 1}) for i in range(4)))
+    await asyncio.gather(*(start_and_wait(provider, f"app-{i}", None) for i in range(4)))
 
-    # 4 wakes x (scale, operation, ps) + 1 exchange = 13 calls: 3 at once, 10 paced at 20/s.
-    assert emulator.calls["exchange_token"] == 1
-    assert time.monotonic() - began >= (13 - 3) / 20 * 0.9
+    # 4 wakes x (containers, scale, operation) + 1 exchange, never more than 3 in 0.2 s.
+    arrivals = [call.at for call in emulator.log]
+    assert len(arrivals) == 13
+    assert max(sum(1 for t in arrivals if start <= t < start + 0.2) for start in arrivals) <= 3
 
 
 # -- stop -------------------------------------------------------------------------------
@@ -394,9 +435,9 @@ async def test_stop_returns_the_running_formation(
 ) -> None:
     emulator.add_app("shop", {"web": 2, "worker": 1, "clock": 0})
 
-    formation = await provider.stop("shop")
+    remembered = await provider.stop("shop")
 
-    assert formation == {"web": 2, "worker": 1}
+    assert remembered == {"formation": {"web": 2, "worker": 1}}
 
 
 async def test_stop_leaves_the_app_stopped(
@@ -435,7 +476,7 @@ async def test_stop_then_start_restores_the_same_formation(
 ) -> None:
     emulator.add_app("shop", {"web": 2, "worker": 1})
 
-    await provider.start("shop", await provider.stop("shop"))
+    await start_and_wait(provider, "shop", await provider.stop("shop"))
 
     assert emulator.apps["shop"].formation == {"web": 2, "worker": 1}
     assert emulator.web_states("shop") == ["running", "running"]
@@ -516,7 +557,7 @@ async def test_tokens_never_appear_in_logs(
     await provider.list_apps()
     emulator.revoke_jwts()
 
-    await provider.start("shop", None)
+    await start_and_wait(provider, "shop", None)
 
     assert caplog.records, "the retry and re-exchange should have logged something"
     secrets = [TOKEN, *emulator.issued_jwts]
@@ -553,7 +594,7 @@ async def test_plain_text_429_is_retried(
     emulator.add_app("shop", {"web": 1}, status="stopped")
     emulator.fail_next("scale", 429, "Retry later", times=2)
 
-    await provider.start("shop", None)
+    await start_and_wait(provider, "shop", None)
 
     assert emulator.statuses("scale") == [429, 429, 202]
 
@@ -576,7 +617,7 @@ async def test_start_restarts_a_crashed_app(
 ) -> None:
     emulator.add_app("shop", {"web": 1}, status="crashed")
 
-    await provider.start("shop", None)
+    await start_and_wait(provider, "shop", None)
 
     assert emulator.count("restart", app="shop") == 1
     assert emulator.count("scale", app="shop") == 0
@@ -589,6 +630,121 @@ async def test_start_of_a_stopped_app_does_not_restart_it(
 ) -> None:
     emulator.add_app("shop", {"web": 1}, status="stopped")
 
-    await provider.start("shop", None)
+    await start_and_wait(provider, "shop", None)
 
     assert emulator.count("restart") == 0
+
+
+# -- autoscalers ------------------------------------------------------------------------
+
+
+async def test_stop_remembers_the_enabled_autoscalers_that_scaling_down_disables(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 3, "worker": 1})
+    web = emulator.add_autoscaler("shop", "web", min_containers=2)
+    emulator.add_autoscaler("shop", "worker", min_containers=2, disabled=True)
+
+    remembered = await provider.stop("shop")
+
+    assert remembered == {
+        "formation": {"web": 3, "worker": 1},
+        "autoscalers": [{"id": web.id, "container_type": "web", "min_containers": 2}],
+    }
+    assert [a.disabled for a in emulator.apps["shop"].autoscalers] == [True, True]
+
+
+async def test_a_wake_enables_exactly_the_autoscalers_the_stop_disabled(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 3, "worker": 1})
+    emulator.add_autoscaler("shop", "web", min_containers=2)
+    emulator.add_autoscaler("shop", "worker", min_containers=2, disabled=True)  # the user's
+
+    await start_and_wait(provider, "shop", await provider.stop("shop"))
+
+    assert [a.disabled for a in emulator.apps["shop"].autoscalers] == [False, True]
+    assert emulator.apps["shop"].formation == {"web": 3, "worker": 1}
+    # Enabled only once the scale operation was done: "no other operation" meanwhile.
+    [patch] = [c for c in emulator.log if c.route == "autoscaler"]
+    [done] = [c for c in emulator.log if c.route == "operation"][-1:]
+    assert patch.at >= done.at and patch.status == 200
+
+
+async def test_a_wake_scales_an_autoscaled_type_to_at_least_its_minimum(
+    emulator: ScalingoEmulator, provider: ScalingoProvider
+) -> None:
+    emulator.add_app("shop", {"web": 1}, status="stopped")
+    autoscaler = emulator.add_autoscaler("shop", "web", min_containers=2, disabled=True)
+    remembered = {
+        "formation": {"web": 1},
+        "autoscalers": [{"id": autoscaler.id, "container_type": "web", "min_containers": 2}],
+    }
+
+    await start_and_wait(provider, "shop", remembered)
+
+    assert emulator.apps["shop"].formation == {"web": 2}
+    assert autoscaler.disabled is False
+
+
+async def test_an_autoscaler_that_cannot_be_enabled_again_leaves_the_app_running_and_logged(
+    emulator: ScalingoEmulator, provider: ScalingoProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.add_app("shop", {"web": 2})
+    emulator.add_autoscaler("shop", "web", min_containers=2)
+    remembered = await provider.stop("shop")
+    emulator.fail_next("autoscaler", 500, times=10)
+
+    await start_and_wait(provider, "shop", remembered)
+
+    assert emulator.web_states("shop") == ["running", "running"]
+    assert "autoscaler could not be enabled again" in caplog.text
+
+
+# -- several regions --------------------------------------------------------------------
+
+REGIONS = ("osc-fr1", "osc-secnum-fr1")
+
+
+@pytest.fixture
+async def regional(aiohttp_server: Any, emulator: ScalingoEmulator, make_provider: MakeProvider):
+    """One provider over two regions, each served by its own emulated regional API."""
+    server = await aiohttp_server(emulator.regional_app(REGIONS))
+    base = str(server.make_url("")).rstrip("/")
+    return make_provider(regions=REGIONS, api_url=base + "/{region}", auth_url=base + "/auth")
+
+
+async def test_the_apps_of_every_listed_region_are_listed_through_their_region_api(
+    emulator: ScalingoEmulator, regional: ScalingoProvider
+) -> None:
+    emulator.add_app("paris", region="osc-fr1")
+    emulator.add_app("secure", region="osc-secnum-fr1")
+
+    apps = {app.name: app.region for app in await regional.list_apps()}
+
+    assert apps == {"paris": "osc-fr1", "secure": "osc-secnum-fr1"}
+    assert sorted(c.path for c in emulator.log if c.route == "list_apps") == [
+        "/osc-fr1/v1/apps",
+        "/osc-secnum-fr1/v1/apps",
+    ]
+
+
+async def test_an_app_is_started_and_stopped_through_its_own_region_api(
+    emulator: ScalingoEmulator, regional: ScalingoProvider
+) -> None:
+    emulator.add_app("secure", {"web": 2}, region="osc-secnum-fr1")
+
+    await start_and_wait(regional, "secure", await regional.stop("secure"))
+
+    assert emulator.apps["secure"].formation == {"web": 2}
+    paths = {c.path.split("/")[1] for c in emulator.log if c.app == "secure"}
+    assert paths == {"osc-secnum-fr1"}
+
+
+async def test_an_app_of_no_listed_region_is_not_found(
+    emulator: ScalingoEmulator, regional: ScalingoProvider
+) -> None:
+    emulator.add_app("elsewhere", region="osc-other")
+
+    with pytest.raises(AppNotFound):
+        await regional.get_app("elsewhere")

@@ -41,8 +41,10 @@ SECRET_HINTS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
 @dataclass(frozen=True)
 class ProviderSettings:
     name: str
-    region: str | None
+    region: str | None  # the first of `regions`
     operation_timeout: float
+    # PROVIDER_REGION as a list: Scalingo manages the apps of each, Heroku keeps their apps.
+    regions: tuple[str, ...] = ()
     scalingo_api_token: str | None = None
     scalingo_api_url: str | None = None
     scalingo_auth_url: str = "https://auth.scalingo.com"
@@ -211,20 +213,24 @@ def build_settings(env: Environment, rules_file: Path | None) -> Settings:
 
 def provider_settings(env: Environment) -> ProviderSettings:
     name = env.choice("PROVIDER_NAME", PROVIDERS, None)
-    region = env.get("PROVIDER_REGION")
+    regions = region_names(env)
+    region = regions[0] if regions else None
     if name == "scalingo":
+        regions = regions or ("osc-fr1",)
         return ProviderSettings(
             name=name,
-            region=region or "osc-fr1",
+            region=regions[0],
+            regions=regions,
             operation_timeout=env.number("PROVIDER_SCALINGO_OPERATION_TIMEOUT", 30, minimum=1),
             scalingo_api_token=env.required("PROVIDER_SCALINGO_API_TOKEN", "for scalingo"),
-            scalingo_api_url=env.url("PROVIDER_SCALINGO_API_URL", None),
+            scalingo_api_url=scalingo_api_url(env, regions),
             scalingo_auth_url=env.url("PROVIDER_SCALINGO_AUTH_URL", "https://auth.scalingo.com"),
         )
     if name == "heroku":
         return ProviderSettings(
             name=name,
             region=region,
+            regions=regions,
             operation_timeout=env.number("PROVIDER_HEROKU_OPERATION_TIMEOUT", 30, minimum=1),
             heroku_api_token=env.required("PROVIDER_HEROKU_API_TOKEN", "for heroku"),
             heroku_api_url=env.url("PROVIDER_HEROKU_API_URL", "https://api.heroku.com"),
@@ -232,6 +238,34 @@ def provider_settings(env: Environment) -> ProviderSettings:
     if name == "clever-cloud":
         return clever_settings(env, region)
     return ProviderSettings(name="local", region=region, operation_timeout=30)
+
+
+REGION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def region_names(env: Environment) -> tuple[str, ...]:
+    """PROVIDER_REGION as a comma-separated list (`osc-fr1,osc-secnum-fr1`)."""
+    name = "PROVIDER_REGION"
+    value = env.get(name)
+    regions = tuple(dict.fromkeys(env.names(name)))
+    if value is not None and (not regions or not all(REGION_NAME.match(r) for r in regions)):
+        raise ConfigError(
+            f"{name}={value!r} is invalid (expected region names separated by commas, "
+            "e.g. osc-fr1 or osc-fr1,osc-secnum-fr1)"
+        )
+    return regions
+
+
+def scalingo_api_url(env: Environment, regions: tuple[str, ...]) -> str | None:
+    name = "PROVIDER_SCALINGO_API_URL"
+    url = env.url(name, None)
+    if url is not None and len(regions) > 1 and "{region}" not in url:
+        raise ConfigError(
+            f"{name}={mask_url(url)!r} serves one region, but PROVIDER_REGION lists "
+            f"{len(regions)}: put {{region}} where the region goes "
+            "(e.g. https://api.{region}.scalingo.com)"
+        )
+    return url
 
 
 def clever_settings(env: Environment, region: str | None) -> ProviderSettings:

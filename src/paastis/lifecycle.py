@@ -10,7 +10,7 @@ import enum
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,17 +29,35 @@ from paastis.providers import (
     PaasApp,
     Provider,
     ProviderError,
+    Startup,
     WakeTimeout,
 )
+from paastis.providers.kit import poll_until, wake_timeout, within
 from paastis.registry import Registry, RunningApp
 from paastis.rules import Route, RuleSet
 
 log = logging.getLogger("paastis.lifecycle")
 
-READINESS_INTERVAL = 0.5
+# The readiness check costs no provider call: it can look often.
+READINESS_INTERVAL = 0.2
+READINESS_REQUEST_TIMEOUT = 5.0
 # Extra seconds a cross-instance app lock outlives the operation it guards.
 LOCK_MARGIN = 30.0
 LOCK_RETRY_INTERVAL = 0.5
+
+
+@dataclass
+class WhyNotYet:
+    """What a wake still waits for, to say so when it times out."""
+
+    provider_agrees: bool = False
+    upstream: str | None = "the upstream was not asked yet"
+
+    def describe(self) -> str:
+        reasons = [] if self.provider_agrees else ["the provider does not report it running"]
+        if self.upstream:
+            reasons.append(self.upstream)
+        return "; ".join(reasons)
 
 
 @dataclass(frozen=True)
@@ -245,15 +263,17 @@ class Lifecycle:
         log.info("waking %s", app_name)
         await self._run_hook("before_start", app_name)
         try:
-            formation = await self.registry.formation(app_name)
-            await asyncio.wait_for(self.provider.start(app_name, formation), timeout + 5)
-            await self._wait_until_ready(app, deadline=started + timeout)
+            remembered = await self.registry.formation(app_name)
+            why = WhyNotYet()
+            async with within(timeout, lambda: self._wake_timeout(app_name, timeout, why)):
+                startup = await self.provider.start(app_name, remembered)
+                await self._until_running(app, startup, why)
             # Only now: requests arriving meanwhile joined this wake instead of racing ahead.
             self.catalog.set_state(app_name, AppState.RUNNING)
         except BaseException as exc:
             await self._start_failed(app_name, exc, started)
             raise _as_provider_error(exc, self.provider.name, app_name) from exc
-        await self._register(app_name)
+        await self._register(app_name, region=app.region)
         await self._run_hook("after_start", app_name)
         await self.events.record(events.APP_STARTED, app_name)
         self._woke(app_name)
@@ -261,6 +281,9 @@ class Lifecycle:
         self._metrics.wakes.labels(app_name, "success").inc()
         self._metrics.wake_duration.observe(elapsed)
         log.info("woke %s in %.1fs", app_name, elapsed)
+
+    def _wake_timeout(self, app_name: str, timeout: float, why: WhyNotYet) -> WakeTimeout:
+        return wake_timeout(self.provider.name, app_name, timeout, why.describe())
 
     async def _start_failed(self, app_name: str, exc: BaseException, started: float) -> None:
         outcome = "timeout" if isinstance(exc, WakeTimeout | TimeoutError) else "error"
@@ -271,32 +294,59 @@ class Lifecycle:
         if not isinstance(exc, asyncio.CancelledError):
             await self.events.record(events.APP_START_FAILED, app_name)
 
-    async def _wait_until_ready(self, app: PaasApp, *, deadline: float) -> None:
-        """Asks the upstream for the readiness path until it answers below 500."""
-        route = self.rules.resolve(app.name)
-        path = route.readiness_path if route.readiness_path is not None else None
-        if path is None:
-            path = self.upstream.readiness_path
+    async def _until_running(self, app: PaasApp, startup: Startup, why: WhyNotYet) -> None:
+        """Returns once the provider says the app runs and its upstream answers the
+        readiness path below 500: both must agree before a request is forwarded.
+
+        The readiness check costs no provider call, so it runs every READINESS_INTERVAL from
+        the moment the platform accepted the start; the provider is asked on its own backoff,
+        and at once (within its pace) when the upstream starts answering.
+        """
+        path = self._readiness_path(app.name)
         if not path:
+            why.upstream = None
+            await poll_until(self._provider_check(startup, why), self.provider.poll.quicker())
             return
         url = (await self.resolve_upstream(app)).rstrip("/") + path
-        last = "no answer"
-        while self._clock() < deadline:
-            remaining = max(0.1, deadline - self._clock())
+        answering = asyncio.Event()
+        readiness = asyncio.ensure_future(self._until_ready(url, answering, why))
+        try:
+            check = self._provider_check(startup, why)
+            await poll_until(check, self.provider.poll, nudge=answering)
+            await readiness
+        finally:
+            readiness.cancel()
+            await asyncio.gather(readiness, return_exceptions=True)
+
+    @staticmethod
+    def _provider_check(startup: Startup, why: WhyNotYet) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            runs = await startup.running()
+            why.provider_agrees = runs
+            return runs
+
+        return check
+
+    def _readiness_path(self, app_name: str) -> str:
+        route = self.rules.resolve(app_name)
+        if route.readiness_path is not None:
+            return route.readiness_path
+        return self.upstream.readiness_path
+
+    async def _until_ready(self, url: str, answering: asyncio.Event, why: WhyNotYet) -> None:
+        """Asks the upstream for `url` until it answers below 500; sets `answering` then."""
+        while True:
             try:
-                timeout = aiohttp.ClientTimeout(total=min(5.0, remaining))
+                timeout = aiohttp.ClientTimeout(total=READINESS_REQUEST_TIMEOUT)
                 async with self._http.get(url, timeout=timeout, allow_redirects=False) as resp:
                     if resp.status < 500:
+                        why.upstream = None
+                        answering.set()
                         return
-                    last = f"HTTP {resp.status}"
+                    why.upstream = f"{url} answered HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
-                last = type(exc).__name__
-            await asyncio.sleep(min(READINESS_INTERVAL, max(0.0, deadline - self._clock())))
-        raise WakeTimeout(
-            f"{app.name} runs but {path} did not answer below 500 in time ({last})",
-            provider=self.provider.name,
-            app=app.name,
-        )
+                why.upstream = f"{url} did not answer ({type(exc).__name__})"
+            await asyncio.sleep(READINESS_INTERVAL)
 
     # --- stopping ---------------------------------------------------------------------------
 

@@ -340,7 +340,7 @@ def build_provider(
         assert settings.scalingo_api_token is not None  # checked by the configuration
         return ScalingoProvider(
             api_token=settings.scalingo_api_token,
-            region=settings.region or "osc-fr1",
+            regions=settings.regions or ("osc-fr1",),
             api_url=settings.scalingo_api_url,
             auth_url=settings.scalingo_auth_url,
             operation_timeout=settings.operation_timeout,
@@ -355,7 +355,7 @@ def build_provider(
         return HerokuProvider(
             api_token=settings.heroku_api_token,
             api_url=settings.heroku_api_url,
-            region=settings.region,
+            regions=settings.regions,
             operation_timeout=settings.operation_timeout,
             session=session,
             counter=counter,

@@ -38,6 +38,7 @@ BUSY_STATUSES = frozenset({"scaling", "restarting", "booting"})
 MAX_CONTAINERS_PER_TYPE = 10
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REGION = web.AppKey("region", str | None)
 
 
 def _now() -> float:
@@ -89,6 +90,24 @@ class EmulatedContainer:
 
 
 @dataclass
+class EmulatedAutoscaler:
+    """An autoscaler; scaling its container type by hand sets it `disabled`, as Scalingo does."""
+
+    container_type: str
+    min_containers: int
+    max_containers: int
+    disabled: bool = False
+    metric: str = "cpu"
+    target: float = 0.8
+    id: str = field(default_factory=lambda: f"au-{_object_id()}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "container_type": self.container_type, "metric": self.metric,
+                "target": self.target, "min_containers": self.min_containers,
+                "max_containers": self.max_containers, "disabled": self.disabled}  # fmt: skip
+
+
+@dataclass
 class EmulatedApp:
     """One app; tests may change any field (e.g. `base_url`) between requests."""
 
@@ -107,6 +126,7 @@ class EmulatedApp:
     force_https: bool = False
     sticky_session: bool = False
     containers: list[EmulatedContainer] = field(default_factory=list)
+    autoscalers: list[EmulatedAutoscaler] = field(default_factory=list)
     operation: EmulatedOperation | None = None
     # Formation and containers to restore when the current operation ends in error.
     rollback: tuple[dict[str, int], list[EmulatedContainer]] | None = None
@@ -259,6 +279,14 @@ class ScalingoEmulator:
             body = "Retry later" if status == 429 else {"error": _default_error(status)}
         self._failures.append(InjectedFailure(route, status, body, times, app))
 
+    def add_autoscaler(
+        self, name: str, container_type: str = "web", *, min_containers: int = 2,
+        max_containers: int = 4, disabled: bool = False,
+    ) -> EmulatedAutoscaler:  # fmt: skip
+        autoscaler = EmulatedAutoscaler(container_type, min_containers, max_containers, disabled)
+        self.apps[name].autoscalers.append(autoscaler)
+        return autoscaler
+
     def make_busy(self, name: str, seconds: float, status: str = "restarting") -> None:
         """Puts the app in a busy `status` for `seconds` (scale answers 422 meanwhile)."""
         app = self.apps[name]
@@ -289,8 +317,19 @@ class ScalingoEmulator:
 
     # -- the web application ------------------------------------------------------------
 
-    def app(self) -> web.Application:
+    def regional_app(self, regions: tuple[str, ...]) -> web.Application:
+        """The auth API under `/auth` and each region's API under `/<region>`, on one server:
+        the adapter's URL template is then `<server>/{region}`."""
+        root = web.Application()
+        root.add_subapp("/auth", self.app())
+        for region in regions:
+            root.add_subapp(f"/{region}", self.app(region=region))
+        return root
+
+    def app(self, region: str | None = None) -> web.Application:
+        """The emulated API; with `region`, a regional API serving that region's apps only."""
         application = web.Application(middlewares=[self._middleware])
+        application[REGION] = region
         r = application.router
         r.add_post("/v1/tokens/exchange", self._exchange, name="exchange_token")
         r.add_get("/v1/regions", self._regions, name="regions")
@@ -301,6 +340,10 @@ class ScalingoEmulator:
         r.add_post("/v1/apps/{app}/scale", self._scale, name="scale")
         r.add_post("/v1/apps/{app}/restart", self._restart, name="restart")
         r.add_get("/v1/apps/{app}/operations/{operation}", self._operation, name="operation")
+        r.add_get("/v1/apps/{app}/autoscalers", self._autoscalers, name="autoscalers")
+        r.add_patch(
+            "/v1/apps/{app}/autoscalers/{autoscaler}", self._patch_autoscaler, name="autoscaler"
+        )
         return application
 
     @web.middleware
@@ -390,10 +433,11 @@ class ScalingoEmulator:
 
     # -- regional host ------------------------------------------------------------------
 
-    def _find(self, key: str) -> EmulatedApp | None:
-        if key in self.apps:
-            return self.apps[key]
-        return next((a for a in self.apps.values() if a.id == key), None)
+    def _find(self, request: web.Request) -> EmulatedApp | None:
+        """The app the path names (by name or id), among those of the API's region."""
+        key = request.match_info["app"]
+        app = self.apps.get(key) or next((a for a in self.apps.values() if a.id == key), None)
+        return app if app is not None and _serves(request, app) else None
 
     def _refreshed(self, name: str) -> EmulatedApp:
         self._refresh_all(_now())
@@ -404,16 +448,17 @@ class ScalingoEmulator:
             _advance(app, now)
 
     async def _list_apps(self, request: web.Request) -> web.Response:
-        return web.json_response({"apps": [a.to_json() for a in self.apps.values()]})
+        apps = [a.to_json() for a in self.apps.values() if _serves(request, a)]
+        return web.json_response({"apps": apps})
 
     async def _get_app(self, request: web.Request) -> web.Response:
-        app = self._find(request.match_info["app"])
+        app = self._find(request)
         if app is None:
             return _app_not_found()
         return web.json_response({"app": app.to_json()})
 
     async def _ps(self, request: web.Request) -> web.Response:
-        app = self._find(request.match_info["app"])
+        app = self._find(request)
         if app is None:
             return _app_not_found()
         now = _now()
@@ -427,13 +472,13 @@ class ScalingoEmulator:
         return web.json_response({"containers": containers})
 
     async def _containers(self, request: web.Request) -> web.Response:
-        app = self._find(request.match_info["app"])
+        app = self._find(request)
         if app is None:
             return _app_not_found()
         return web.json_response({"containers": app.formation_json()})
 
     async def _operation(self, request: web.Request) -> web.Response:
-        app = self._find(request.match_info["app"])
+        app = self._find(request)
         op = self.operations.get(request.match_info["operation"])
         if app is None:
             return _app_not_found()
@@ -444,8 +489,33 @@ class ScalingoEmulator:
                 "error": op.error or ""}  # fmt: skip
         return web.json_response({"operation": body})
 
+    async def _autoscalers(self, request: web.Request) -> web.Response:
+        app = self._find(request)
+        if app is None:
+            return _app_not_found()
+        return web.json_response({"autoscalers": [a.to_json() for a in app.autoscalers]})
+
+    async def _patch_autoscaler(self, request: web.Request) -> web.Response:
+        app = self._find(request)
+        if app is None:
+            return _app_not_found()
+        autoscaler = next(
+            (a for a in app.autoscalers if a.id == request.match_info["autoscaler"]), None
+        )
+        if autoscaler is None:
+            return web.json_response({"resource": "autoscaler", "error": "not found"}, status=404)
+        if app.status in BUSY_STATUSES:
+            return web.json_response({"errors": {"app": [f"is {app.status}"]}}, status=422)
+        try:
+            changes = (await request.json())["autoscaler"]
+        except (ValueError, TypeError, KeyError):
+            return web.json_response({"errors": {"autoscaler": ["is invalid"]}}, status=422)
+        if isinstance(changes.get("disabled"), bool):
+            autoscaler.disabled = changes["disabled"]
+        return web.json_response({"autoscaler": autoscaler.to_json()})
+
     async def _scale(self, request: web.Request) -> web.Response:
-        app = self._find(request.match_info["app"])
+        app = self._find(request)
         if app is None:
             return _app_not_found()
         try:
@@ -460,6 +530,11 @@ class ScalingoEmulator:
         wanted = {**app.formation, **requested}
         if wanted == app.formation:
             return web.json_response({"error": "no change in containers formation"}, status=400)
+        for autoscaler in app.autoscalers:
+            # "Scaling up or scaling down an application disables any Scalingo Autoscaler
+            # enabled for the corresponding process type."
+            if autoscaler.container_type in requested:
+                autoscaler.disabled = True
         if not app.deployed:
             # Scaled before its first deployment: recorded, nothing boots, no operation.
             app.formation = wanted
@@ -472,7 +547,7 @@ class ScalingoEmulator:
 
     async def _restart(self, request: web.Request) -> web.Response:
         """202 with an operation; the containers boot again (how a crashed app recovers)."""
-        app = self._find(request.match_info["app"])
+        app = self._find(request)
         if app is None:
             return _app_not_found()
         if app.status in BUSY_STATUSES:
@@ -521,6 +596,11 @@ class ScalingoEmulator:
         app.status = "scaling"
         _advance(app, now)  # a zero boot_delay finishes at once
         return op
+
+
+def _serves(request: web.Request, app: EmulatedApp) -> bool:
+    region = request.app[REGION]
+    return region is None or app.region == region
 
 
 def _containers_for(

@@ -3,12 +3,62 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 # Quantity per process type (Scalingo container types, Heroku formation entries).
 Formation = dict[str, int]
+
+
+class Autoscaler(TypedDict):
+    """A Scalingo autoscaler a stop found enabled, to enable again at the next wake."""
+
+    id: str
+    container_type: str
+    min_containers: int
+
+
+class Remembered(TypedDict, total=False):
+    """What a stop hands back for the next wake. Plain JSON: the registry persists it.
+
+    `{"formation": {"web": 2, "worker": 1},
+      "autoscalers": [{"id": "as-1", "container_type": "web", "min_containers": 2}]}`
+    """
+
+    formation: Formation
+    autoscalers: list[Autoscaler]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How often a provider is asked whether a start is done: after `first` seconds, then
+    each delay `factor` times the previous, never above `cap`. Calls are never closer than
+    `min_gap` seconds, even when the upstream's readiness asks for an early look."""
+
+    first: float
+    factor: float = 2.0
+    cap: float = 10.0
+    min_gap: float = 1.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first
+        while True:
+            yield delay
+            delay = min(self.cap, delay * self.factor)
+
+    def quicker(self) -> Backoff:
+        """The same pace, starting again from `min_gap` (once the upstream answers)."""
+        return Backoff(max(self.min_gap, 1e-3), self.factor, self.cap, self.min_gap)
+
+
+@dataclass(frozen=True)
+class Startup:
+    """A start the platform accepted. `running()` asks it once (about one API call) whether
+    the app runs now; it raises OperationFailed when the platform says the start failed."""
+
+    running: Callable[[], Awaitable[bool]]
 
 
 class AppState(enum.StrEnum):
@@ -77,6 +127,8 @@ class Provider(Protocol):
     region: str | None
     # Seconds a start may take before it counts as timed out.
     operation_timeout: float
+    # The pace at which a start is followed (`Startup.running`), inside the rate limit.
+    poll: Backoff
 
     async def list_apps(self) -> list[PaasApp]:
         """Every app of the account with its state, in as few calls as the API allows."""
@@ -86,15 +138,16 @@ class Provider(Protocol):
         """One app with its current state; raises AppNotFound."""
         ...
 
-    async def start(self, name: str, formation: Formation | None) -> None:
-        """Start the app (restoring `formation`, web x 1 when None) and return once it runs.
+    async def start(self, name: str, remembered: Remembered | None) -> Startup:
+        """Asks the platform to start the app (restoring what a stop `remembered`, web x 1
+        when None) and returns once the platform accepted, not once the app runs.
 
-        Raises WakeTimeout past `operation_timeout`, OperationFailed or another ProviderError.
+        Raises OperationFailed, AppNotFound or another ProviderError.
         """
         ...
 
-    async def stop(self, name: str) -> Formation | None:
-        """Scale every process type to zero; returns the formation it had, to restore later."""
+    async def stop(self, name: str) -> Remembered | None:
+        """Scales every process type to zero; returns what the next wake must restore."""
         ...
 
     async def close(self) -> None: ...

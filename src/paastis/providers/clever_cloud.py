@@ -1,4 +1,10 @@
-"""The Clever Cloud adapter: every app of the account, woken by redeploy, stopped by undeploy."""
+"""The Clever Cloud adapter: every app of the account, woken by redeploy, stopped by undeploy.
+
+A wake is a full deployment, which may take minutes: a wake joins the deployment already in
+progress (its own, or one the app shows) instead of starting another, and `POST …/instances`
+is never resent on its own; after an answer that leaves its outcome unknown, the adapter
+looks at the deployments first (clever-cloud.md, "A wake is a redeploy").
+"""
 
 from __future__ import annotations
 
@@ -16,12 +22,12 @@ import aiohttp
 from paastis.providers import (
     AppNotFound,
     AppState,
-    Formation,
+    Backoff,
     OperationFailed,
     PaasApp,
-    ProviderAuthError,
-    ProviderError,
-    WakeTimeout,
+    ProviderUnavailable,
+    Remembered,
+    Startup,
 )
 from paastis.providers.api import (
     ApiClient,
@@ -30,6 +36,7 @@ from paastis.providers.api import (
     RetryPolicy,
     parse_time,
 )
+from paastis.providers.kit import expect_list, expect_object, objects, text
 
 log = logging.getLogger("paastis.provider.clever_cloud")
 
@@ -55,6 +62,8 @@ STATUS_STATES = {
 }
 
 FAILED_DEPLOYMENT_STATES = frozenset({"FAIL", "CANCELLED"})
+# Rate limits are not documented; clever-tools follows a deployment every 5 s.
+POLL = Backoff(first=3.0, factor=2.0, cap=10.0)
 
 
 @dataclass(frozen=True)
@@ -167,7 +176,7 @@ class CleverCloudProvider:
         api_token: str | None = None,
         region: str | None = None,
         operation_timeout: float = 60.0,
-        poll_interval: float = 5.0,
+        poll: Backoff = POLL,
         retry: RetryPolicy | None = None,
     ) -> None:
         if (oauth is None) == (not api_token):
@@ -176,14 +185,17 @@ class CleverCloudProvider:
             )
         if oauth is not None:
             authorization = oauth_plaintext_header(oauth)
-            self._auth_hint = "OAuth consumer key/secret and token/secret"
+            hint = (
+                "check PROVIDER_CLEVER_OAUTH_CONSUMER_KEY/_SECRET, PROVIDER_CLEVER_TOKEN and "
+                "PROVIDER_CLEVER_SECRET"
+            )
         else:
             authorization = f"Bearer {api_token}"
-            self._auth_hint = "API token"
+            hint = "check PROVIDER_CLEVER_API_TOKEN"
         self._authorization = {"Authorization": authorization}
         self.region = region
         self.operation_timeout = operation_timeout
-        self._poll_interval = poll_interval
+        self.poll = poll
         self._api = ApiClient(
             provider=PROVIDER,
             base_url=api_host,
@@ -191,11 +203,15 @@ class CleverCloudProvider:
             counter=counter,
             headers=self._headers,
             retry=retry,
+            label="Clever Cloud",
+            auth_hint=hint,
         )
         self._known: dict[str, _Known] = {}  # request key (name, alias, id) -> app
         self._ambiguous: frozenset[str] = frozenset()
         self._collisions: frozenset[tuple[str, tuple[str, ...]]] = frozenset()
         self._fetched: dict[str, PaasApp] = {}  # app id -> last get_app answer
+        # app id -> the deployment a wake is waiting for (ours, or one seen in progress).
+        self._deploying: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"CleverCloudProvider(api_host={self._api.base_url!r}, region={self.region!r})"
@@ -235,7 +251,7 @@ class CleverCloudProvider:
 
     async def _load_listing(self) -> list[_Known]:
         response = await self._call("GET", "/v2/summary", "list_apps")
-        summary = _expect_dict(response, "list_apps")
+        summary = expect_object(response, PROVIDER, "list_apps")
         user = summary.get("user") or {}
         user_id = user.get("id")
         owners: list[tuple[str, Any]] = [("/v2/self", user.get("applications"))]
@@ -307,7 +323,8 @@ class CleverCloudProvider:
 
     async def get_app(self, name: str) -> PaasApp:
         known = await self._resolve(name)
-        raw = _expect_dict(await self._call("GET", known.path, "get_app", known), "get_app")
+        response = await self._call("GET", known.path, "get_app", known)
+        raw = expect_object(response, PROVIDER, "get_app")
         state = raw.get("state")
         instances, last_deployment = await self._runtime(known, state)
         status = app_status(
@@ -348,16 +365,19 @@ class CleverCloudProvider:
             instances, deployments = [], await self._deployments(known, limit=1)
         else:
             return [], None
-        return instances, (deployments[0] if deployments else None)
+        last = deployments[0] if deployments else None
+        if last is not None and last.get("state") == "WIP" and text(last.get("uuid")):
+            self._deploying[known.id] = last["uuid"]
+        return instances, last
 
     async def _instances(self, known: _Known) -> list[Any]:
         response = await self._call("GET", f"{known.path}/instances", "get_instances", known)
-        return _expect_list(response, "get_instances")
+        return expect_list(response, PROVIDER, "get_instances")
 
     async def _deployments(self, known: _Known, *, limit: int) -> list[dict[str, Any]]:
         path = f"{known.path}/deployments?limit={limit}"
         response = await self._call("GET", path, "get_deployments", known)
-        return [d for d in _expect_list(response, "get_deployments") if isinstance(d, dict)]
+        return objects(expect_list(response, PROVIDER, "get_deployments"))
 
     async def _resolve_upstream(self, known: _Known, raw: dict[str, Any]) -> str:
         """Favourite vhost, else the *.cleverapps.io vhost, else the default test domain."""
@@ -370,9 +390,8 @@ class CleverCloudProvider:
                 return upstream_from_fqdn(favourite)
         vhosts = raw.get("vhosts")
         if not isinstance(vhosts, list):  # the app object usually lists them; spare a call then
-            vhosts = _expect_list(
-                await self._call("GET", f"{known.path}/vhosts", "get_vhosts", known), "get_vhosts"
-            )
+            response = await self._call("GET", f"{known.path}/vhosts", "get_vhosts", known)
+            vhosts = expect_list(response, PROVIDER, "get_vhosts")
         for vhost in vhosts:
             fqdn = vhost.get("fqdn") if isinstance(vhost, dict) else None
             if isinstance(fqdn, str) and _is_test_domain(fqdn):
@@ -381,62 +400,71 @@ class CleverCloudProvider:
 
     # Start and stop
 
-    async def start(self, name: str, formation: Formation | None) -> None:
-        """Redeploys the app (Clever has no formation to restore) and waits for an UP instance."""
+    async def start(self, name: str, remembered: Remembered | None) -> Startup:
+        """Redeploys the app (Clever has no formation to restore), or joins the deployment
+        already in progress; returns once Clever accepted it."""
         known = await self._resolve(name)
-        try:
-            async with asyncio.timeout(self.operation_timeout):
-                deployment_id = await self._redeploy(known)
-                if deployment_id:
-                    await self._follow_deployment(known, deployment_id)
-                await self._wait_for_up_instance(known)
-        except TimeoutError:
-            raise WakeTimeout(
-                f"Clever Cloud app {known.display} did not run within {self.operation_timeout:g}s",
-                provider=PROVIDER,
-                app=known.display,
-            ) from None
-        known.state = "SHOULD_BE_UP"
+        deployment = self._deploying.get(known.id)
+        if deployment is None and known.state == "WANTS_TO_BE_UP":
+            deployment = await self._deployment_in_progress(known)
+        if deployment is not None:
+            log.info("Clever Cloud app %s: joining deployment %s", known.display, deployment)
+        else:
+            deployment = await self._redeploy(known)
+        if deployment is not None:
+            self._deploying[known.id] = deployment
+        return Startup(running=lambda: self._runs(known, deployment))
 
     async def _redeploy(self, known: _Known) -> str | None:
-        response = await self._call("POST", f"{known.path}/instances", "start", known)
+        try:
+            response = await self._call("POST", f"{known.path}/instances", "start", known)
+        except ProviderUnavailable:
+            # The POST may have started a deployment all the same: join it if there is one.
+            deployment = await self._deployment_in_progress(known)
+            if deployment is None:
+                raise
+            return deployment
         body = response.body if isinstance(response.body, dict) else {}
-        deployment_id = body.get("deploymentId")
-        if not deployment_id:
+        deployment = text(str(body.get("deploymentId") or ""))
+        if deployment is None:
             log.warning(
                 "Clever Cloud gave no deployment id for %s; watching instances", known.display
             )
-        return str(deployment_id) if deployment_id else None
+        return deployment
 
-    async def _follow_deployment(self, known: _Known, deployment_id: str) -> None:
-        """Polls the deployment until it leaves WIP; a failed one fails the start at once."""
-        path = f"{known.path}/deployments/{deployment_id}"
-        while True:
-            await asyncio.sleep(self._poll_interval)
-            # 404: the deployment may not be visible yet just after the POST.
-            response = await self._call("GET", path, "get_deployment", known, ok=(200, 404))
-            state = _state_of(response.body) if response.status == 200 else "WIP"
-            if state in FAILED_DEPLOYMENT_STATES:
-                raise OperationFailed(
-                    f"the Clever Cloud deployment of {known.display} ended {state}",
-                    provider=PROVIDER,
-                    app=known.display,
-                )
-            if state != "WIP":
-                return
+    async def _deployment_in_progress(self, known: _Known) -> str | None:
+        deployments = await self._deployments(known, limit=1)
+        last = deployments[0] if deployments else {}
+        return text(last.get("uuid")) if last.get("state") == "WIP" else None
 
-    async def _wait_for_up_instance(self, known: _Known) -> None:
-        while True:
+    async def _runs(self, known: _Known, deployment: str | None) -> bool:
+        """One look: the deployment left WIP (a failed one raises), or without a deployment
+        id, an instance is UP."""
+        if deployment is None:
             instances = await self._instances(known)
-            if any(isinstance(i, dict) and i.get("state") == "UP" for i in instances):
-                return
-            await asyncio.sleep(self._poll_interval)
+            return any(isinstance(i, dict) and i.get("state") == "UP" for i in instances)
+        path = f"{known.path}/deployments/{deployment}"
+        # 404: the deployment may not be visible yet just after the POST.
+        response = await self._call("GET", path, "get_deployment", known, ok=(200, 404))
+        state = _state_of(response.body) if response.status == 200 else "WIP"
+        if state == "WIP":
+            return False
+        self._deploying.pop(known.id, None)
+        if state in FAILED_DEPLOYMENT_STATES:
+            raise OperationFailed(
+                f"the Clever Cloud deployment of {known.display} ended {state}",
+                provider=PROVIDER,
+                app=known.display,
+            )
+        known.state = "SHOULD_BE_UP"
+        return True
 
-    async def stop(self, name: str) -> Formation | None:
+    async def stop(self, name: str) -> Remembered | None:
         """Undeploys the app; there is no formation to remember."""
         known = await self._resolve(name)
         await self._call("DELETE", f"{known.path}/instances", "stop", known)
         known.state = "SHOULD_BE_DOWN"
+        self._deploying.pop(known.id, None)
         return None
 
     # Plumbing
@@ -451,14 +479,7 @@ class CleverCloudProvider:
         ok: tuple[int, ...] = (200, 201, 202, 204),
     ) -> ApiResponse:
         app = known.display if known else None
-        try:
-            return await self._api.request(method, path, operation=operation, ok=ok, app=app)
-        except ProviderAuthError as exc:
-            raise ProviderAuthError(
-                f"the Clever Cloud credentials were rejected ({self._auth_hint}) on {operation}",
-                provider=PROVIDER,
-                app=app,
-            ) from exc
+        return await self._api.request(method, path, operation=operation, ok=ok, app=app)
 
 
 def _state_of(deployment: Any) -> str | None:
@@ -471,15 +492,3 @@ def _flag(value: Any) -> bool | None:
     if isinstance(value, str):
         return value.upper() == "ENABLED"
     return None
-
-
-def _expect_dict(response: ApiResponse, operation: str) -> dict[str, Any]:
-    if not isinstance(response.body, dict):
-        raise ProviderError(f"Clever Cloud {operation} answered no JSON object", provider=PROVIDER)
-    return response.body
-
-
-def _expect_list(response: ApiResponse, operation: str) -> list[Any]:
-    if not isinstance(response.body, list):
-        raise ProviderError(f"Clever Cloud {operation} answered no JSON array", provider=PROVIDER)
-    return response.body

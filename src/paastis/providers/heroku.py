@@ -1,23 +1,18 @@
-"""The Heroku adapter: Platform API v3, with per-app state refreshed within a call budget.
+"""The Heroku adapter: Platform API v3, app states learnt once and kept within the budget.
 
 Heroku's app listing carries no process state; knowing whether an app runs costs one more
-call per app (`GET /apps/{app}/dynos`). The account's 4500-token pool is shared with
-everything its owner runs, so `list_apps` does not fetch every app's state on every tick.
-It keeps a per-app state cache and, on each call, refreshes only the stalest apps within a
-budget that accrues with time (`state_refresh_budget_per_hour`) and shrinks when Heroku's
-`RateLimit-Remaining` header says the pool runs low. With the defaults (840 refreshes an
-hour, one listing a minute) 200 apps cost at most 900 calls an hour and no app's state is
-older than 15 minutes. A state older than `max_state_age` is reported as UNKNOWN rather than
-trusted; callers that must know it call `get_app`.
+call per app (`GET /apps/{app}/dynos`), against a pool of 4,500 tokens per account that its
+owner's other tools share. So the adapter keeps each app's state and asks Heroku again only
+where it does not know it: an app it has never seen (every app at the first listing, paid
+from what `RateLimit-Remaining` says is left, so all of them are known at once), a state
+left transient (starting, crashed) or older than `max_state_age`. Its own starts and stops
+keep the states it holds true without a call. At a listing it spends at most half of what
+the pool holds above a reserve left to wakes, so a nearly empty pool pauses the refreshes.
 
-Why `/dynos` alone is enough: a web dyno `up` (or `idle`, a sleeping Eco dyno that wakes on
-the next request) means running; web dynos that exist but are not up mean starting (or
-failed when they all crashed); no web dyno means stopped. The only case dynos cannot tell is
-the instant between a scale-up and the dynos' creation; our own `start` covers it through
-the cache and its polling, and a scale-up by someone else shows at the next refresh.
-
-`upstream_url` is the app's `web_url` verbatim, trailing slash included (Heroku has added a
-random suffix to new app host names since 2023, so it is never built from the name).
+A web dyno `up` (or `idle`, a sleeping Eco dyno that wakes on the next request) means
+running; web dynos that exist but are not up mean starting (failed when they all crashed);
+no web dyno means stopped. `upstream_url` is the app's `web_url` verbatim: Heroku has added a
+random suffix to new host names since 2023, so it is never built from the name.
 """
 
 from __future__ import annotations
@@ -35,12 +30,14 @@ import aiohttp
 from paastis.providers import (
     AppNotFound,
     AppState,
+    Backoff,
     Formation,
     OperationFailed,
     PaasApp,
     ProviderAuthError,
     ProviderError,
-    WakeTimeout,
+    Remembered,
+    Startup,
 )
 from paastis.providers.api import (
     ApiClient,
@@ -49,72 +46,56 @@ from paastis.providers.api import (
     RetryPolicy,
     parse_time,
 )
+from paastis.providers.kit import (
+    expect_list,
+    expect_object,
+    fit_formation,
+    formation_of,
+    objects,
+    remembered,
+    text,
+)
 
 log = logging.getLogger("paastis.provider.heroku")
 
+PROVIDER = "heroku"
 ACCEPT = "application/vnd.heroku+json; version=3"
 # The largest page Heroku serves; further pages come through 206 + Next-Range.
 FIRST_RANGE = "id ..; max=1000"
 # A listing longer than this many pages means a Next-Range loop, not an account.
 MAX_PAGES = 100
-# Heroku's per-account token pool, against which RateLimit-Remaining is read.
-RATE_LIMIT_CAPACITY = 4500
-REFRESH_CONCURRENCY = 4
-# States a refresh is wanted for as soon as the budget allows, however recent.
+# Tokens of the account's pool never spent on states: left to wakes and the owner's tools.
+RESERVE = 450
+# States fetched at a listing when Heroku did not say what the pool holds.
+BLIND_SPEND = 20
+FETCH_CONCURRENCY = 8
+# States a fetch is wanted for as soon as the budget allows, however recent.
 TRANSIENT_STATES = frozenset({AppState.STARTING, AppState.FAILED, AppState.UNKNOWN})
+# Heroku's CLI waits 10 s between dyno polls to spare the rate limit.
+POLL = Backoff(first=3.0, factor=2.0, cap=10.0)
+AUTH_REASONS = {
+    "two_factor": "this account or app requires a second factor (two-factor "
+    "authentication), which an API token cannot give",
+}
 
 
-def rate_limit_factor(remaining: int, capacity: int = RATE_LIMIT_CAPACITY) -> float:
-    """The share of the refresh budget to use: all of it while at least half the account's
-    pool remains, proportionally less below, nothing below a tenth (left to wakes)."""
-    share = remaining / capacity
-    return max(0.0, min(1.0, (share - 0.1) / 0.4))
-
-
-class RefreshBudget:
-    """State refreshes the adapter may spend: `per_hour` accrued continuously from `clock`,
-    scaled by the latest rate-limit factor, and capped at five minutes' worth so that a long
-    pause between listings cannot turn into a burst."""
-
-    def __init__(self, per_hour: int, clock: Callable[[], float]) -> None:
-        self.per_hour = per_hour
-        self.cap = per_hour / 12
-        self.factor = 1.0
-        self._clock = clock
-        self._credits = 0.0  # nothing up front, so the first hour stays inside the budget
-        self._updated = clock()
-
-    def _accrue(self) -> None:
-        now = self._clock()
-        gained = max(0.0, now - self._updated) * self.per_hour / 3600 * self.factor
-        self._credits = min(self.cap, self._credits + gained)
-        self._updated = now
-
-    def observe_remaining(self, remaining: int) -> None:
-        # Time elapsed so far accrued at the old factor; from now on at the new one.
-        self._accrue()
-        self.factor = rate_limit_factor(remaining)
-
-    def available(self) -> int:
-        self._accrue()
-        return int(self._credits + 1e-9)  # 13.999999 is 14 refreshes, not 13
-
-    def spend(self, count: int) -> None:
-        self._credits -= count
+def spendable(remaining: int | None) -> int:
+    """States a listing may fetch: half of what the pool holds above the reserve."""
+    if remaining is None:
+        return BLIND_SPEND
+    return max(0, remaining - RESERVE) // 2
 
 
 @dataclass(frozen=True)
-class CachedState:
+class KnownState:
     state: AppState
     status: str
-    fetched_at: float  # `clock` time
+    learnt_at: float  # `clock` time
 
 
-def classify_dynos(dynos: Any) -> tuple[AppState, str]:
+def classify_dynos(dynos: list[Any]) -> tuple[AppState, str]:
     """The app's state (and a raw status for logs) from its `GET /dynos` answer."""
-    if not isinstance(dynos, list):
-        raise ProviderError("Heroku answered an unexpected dyno list", provider="heroku")
-    web = [d.get("state") for d in dynos if isinstance(d, dict) and d.get("type") == "web"]
+    web = [d.get("state") for d in objects(dynos) if d.get("type") == "web"]
     if not web:
         return AppState.STOPPED, "no web dyno"
     if "up" in web:
@@ -128,97 +109,76 @@ def classify_dynos(dynos: Any) -> tuple[AppState, str]:
 
 
 class HerokuProvider:
-    """One Heroku account; with `region`, only its apps in that region (`list_apps` leaves
-    the others out and `get_app` raises AppNotFound for them)."""
+    """One Heroku account; with `regions`, only its apps in those regions (`list_apps`
+    leaves the others out and `get_app` raises AppNotFound for them)."""
+
+    name = PROVIDER
 
     def __init__(
         self,
         *,
         api_token: str,
         api_url: str = "https://api.heroku.com",
-        region: str | None = None,
+        regions: Iterable[str] = (),
         operation_timeout: float = 30.0,
         session: aiohttp.ClientSession,
         counter: ProviderCallCounter,
-        poll_interval: float = 5.0,
+        poll: Backoff = POLL,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
-        state_refresh_budget_per_hour: int = 840,
-        max_state_age: float = 900.0,
+        max_state_age: float = 3600.0,
     ) -> None:
-        self.name = "heroku"
-        self.region = region
+        self.regions = frozenset(regions)
+        self.region = next(iter(self.regions)) if len(self.regions) == 1 else None
         self.operation_timeout = operation_timeout
-        self.poll_interval = poll_interval
+        self.poll = poll
         self.max_state_age = max_state_age
         self.rate_limit_remaining: int | None = None
         self._clock = clock
-        self._budget = RefreshBudget(state_refresh_budget_per_hour, clock)
-        self._states: dict[str, CachedState] = {}
+        self._states: dict[str, KnownState] = {}
         headers = {"Authorization": f"Bearer {api_token}", "Accept": ACCEPT}
 
         async def auth_headers() -> Mapping[str, str]:
             return headers
 
         self._api = ApiClient(
-            provider=self.name,
+            provider=PROVIDER,
             base_url=api_url,
             session=session,
             counter=counter,
             headers=auth_headers,
             retry=retry,
+            label="Heroku",
+            auth_hint="check PROVIDER_HEROKU_API_TOKEN",
+            auth_reasons=AUTH_REASONS,
         )
         self._api.on_response = self._observe_response
 
-    # -- the Provider protocol -------------------------------------------------------------
+    async def close(self) -> None:
+        """Nothing to release: the HTTP session belongs to the caller."""
+
+    # -- reading ---------------------------------------------------------------------------
 
     async def list_apps(self) -> list[PaasApp]:
-        listed = [raw for raw in await self._list_all() if self._in_region(raw)]
+        listed = [raw for raw in await self._list_all() if self._in_regions(raw)]
         names = [raw["name"] for raw in listed]
         self._forget_all_but(names)
-        await self._refresh_stalest(names)
+        await self._learn_states(names)
         return [self._paas_app(raw, *self._known_state(raw["name"])) for raw in listed]
 
     async def get_app(self, name: str) -> PaasApp:
-        response = await self._request("GET", self._path(name), operation="get_app", app=name)
-        raw = response.body
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise ProviderError(f"Heroku answered an unexpected app for {name}", provider="heroku")
-        if not self._in_region(raw):
+        response = await self._api.request("GET", _path(name), operation="get_app", app=name)
+        raw = expect_object(response, PROVIDER, "get_app")
+        if not text(raw.get("name")):
+            raise ProviderError(f"Heroku answered an unexpected app for {name}", provider=PROVIDER)
+        if not self._in_regions(raw):
             raise AppNotFound(
-                f"Heroku app {name} is not in region {self.region}", provider=self.name, app=name
+                f"Heroku app {name} is not in region {', '.join(sorted(self.regions))}",
+                provider=PROVIDER,
+                app=name,
             )
         state, status = await self._fetch_state(raw["name"])
         return self._paas_app(raw, state, status)
-
-    async def start(self, name: str, formation: Formation | None) -> None:
-        quantities = wake_formation(formation)
-        try:
-            async with asyncio.timeout(self.operation_timeout):
-                await self._scale(name, quantities)
-                self._remember(name, AppState.STARTING, "starting")
-                await self._wait_until_up(name)
-        except TimeoutError:
-            raise WakeTimeout(
-                f"Heroku app {name} did not run within {self.operation_timeout:g}s",
-                provider=self.name,
-                app=name,
-            ) from None
-
-    async def stop(self, name: str) -> Formation | None:
-        entries = await self._formation(name)
-        remembered = {t: q for t, q in entries.items() if q > 0}
-        if remembered:
-            # Every type, not only the running ones: one scaled up meanwhile stops too.
-            await self._patch_formation(name, dict.fromkeys(entries, 0))
-        self._remember(name, AppState.STOPPED, "no web dyno")
-        return remembered or None
-
-    async def close(self) -> None:
-        # The session belongs to the caller; the adapter holds nothing else.
-        return None
-
-    # -- listing and state cache -----------------------------------------------------------
 
     async def _list_all(self) -> list[dict[str, Any]]:
         """Every page of `GET /apps`; a failed page raises, never a partial list."""
@@ -226,220 +186,194 @@ class HerokuProvider:
         range_header = FIRST_RANGE
         seen = {range_header}
         for _ in range(MAX_PAGES):
-            response = await self._request(
+            response = await self._api.request(
                 "GET", "/apps", operation="list_apps", headers={"Range": range_header}
             )
-            if not isinstance(response.body, list):
-                raise ProviderError("Heroku answered an unexpected app list", provider=self.name)
-            apps.update((raw["name"], raw) for raw in response.body if valid_app(raw))
+            page = expect_list(response, PROVIDER, "list_apps")
+            apps.update((raw["name"], raw) for raw in objects(page) if text(raw.get("name")))
             next_range = response.headers.get("Next-Range")
             # Followed on any 2xx, as Heroku's own client does; an empty page ends it.
-            if not next_range or not response.body:
+            if not next_range or not page:
                 return list(apps.values())
             if next_range in seen:
-                raise ProviderError(f"Heroku repeated Next-Range {next_range}", provider=self.name)
+                raise ProviderError(f"Heroku repeated Next-Range {next_range}", provider=PROVIDER)
             seen.add(next_range)
             range_header = next_range
-        raise ProviderError(f"Heroku listing exceeded {MAX_PAGES} pages", provider=self.name)
+        raise ProviderError(f"Heroku listing exceeded {MAX_PAGES} pages", provider=PROVIDER)
+
+    # -- what the adapter knows of each app's state ----------------------------------------
 
     def _forget_all_but(self, names: Iterable[str]) -> None:
         keep = set(names)
         for name in [n for n in self._states if n not in keep]:
             del self._states[name]
 
-    async def _refresh_stalest(self, names: list[str]) -> None:
-        """Refreshes the due apps, never-fetched first then oldest, within the budget."""
+    async def _learn_states(self, names: list[str]) -> None:
+        """Fetches the states the adapter lacks, never seen first then oldest, within what
+        the account's pool can spare."""
         now = self._clock()
-        due = [name for name in names if self._is_due(name, now)]
-        due.sort(key=self._staleness)
-        chosen = due[: self._budget.available()]
-        self._budget.spend(len(chosen))
-        semaphore = asyncio.Semaphore(REFRESH_CONCURRENCY)
+        due = sorted((n for n in names if self._is_due(n, now)), key=self._staleness)
+        chosen = due[: spendable(self.rate_limit_remaining)]
+        slots = asyncio.Semaphore(FETCH_CONCURRENCY)
 
-        async def refresh(name: str) -> None:
-            async with semaphore:
+        async def fetch(name: str) -> None:
+            async with slots:
                 await self._fetch_state(name)
 
-        results = await asyncio.gather(*(refresh(n) for n in chosen), return_exceptions=True)
+        results = await asyncio.gather(*(fetch(n) for n in chosen), return_exceptions=True)
         for name, result in zip(chosen, results, strict=True):
             if isinstance(result, AppNotFound):
                 self._states.pop(name, None)  # deleted since the listing
             elif isinstance(result, ProviderAuthError):
                 raise result
             elif isinstance(result, ProviderError):
-                log.warning("heroku: could not refresh the state of %s: %s", name, result)
+                log.warning("heroku: could not read the state of %s: %s", name, result)
             elif isinstance(result, BaseException):
                 raise result
-        log.debug(
-            "heroku: refreshed %d app states (%d due, %d listed, budget factor %.2f)",
-            len(chosen), len(due), len(names), self._budget.factor,
-        )  # fmt: skip
+        if due:
+            log.debug(
+                "heroku: fetched %d app states (%d due, %d listed, %s calls left in the pool)",
+                len(chosen), len(due), len(names), self.rate_limit_remaining,
+            )  # fmt: skip
 
     def _is_due(self, name: str, now: float) -> bool:
-        """Never fetched, transient, or older than a third of `max_state_age`: refreshing a
-        settled app more often only spends an account pool shared with its owner."""
-        cached = self._states.get(name)
-        if cached is None or cached.state in TRANSIENT_STATES:
+        known = self._states.get(name)
+        if known is None or known.state in TRANSIENT_STATES:
             return True
-        return now - cached.fetched_at >= self.max_state_age / 3
+        return now - known.learnt_at >= self.max_state_age
 
     def _staleness(self, name: str) -> tuple[int, float]:
-        cached = self._states.get(name)
-        return (0, 0.0) if cached is None else (1, cached.fetched_at)
+        known = self._states.get(name)
+        return (0, 0.0) if known is None else (1, known.learnt_at)
 
     def _known_state(self, name: str) -> tuple[AppState, str]:
-        cached = self._states.get(name)
-        if cached is None:
+        known = self._states.get(name)
+        if known is None:
             return AppState.UNKNOWN, "unknown"
-        if self._clock() - cached.fetched_at > self.max_state_age:
-            return AppState.UNKNOWN, f"unknown (last seen {cached.status})"
-        return cached.state, cached.status
+        if self._clock() - known.learnt_at > self.max_state_age:
+            return AppState.UNKNOWN, f"unknown (last seen {known.status})"
+        return known.state, known.status
 
     def _remember(self, name: str, state: AppState, status: str) -> None:
-        self._states[name] = CachedState(state, status, self._clock())
+        self._states[name] = KnownState(state, status, self._clock())
 
     async def _fetch_state(self, name: str) -> tuple[AppState, str]:
-        response = await self._request(
-            "GET", self._path(name, "dynos"), operation="dynos", app=name
-        )
-        state, status = classify_dynos(response.body)
+        response = await self._api.request("GET", _path(name, "dynos"), operation="dynos", app=name)
+        state, status = classify_dynos(expect_list(response, PROVIDER, "dynos"))
         self._remember(name, state, status)
         return state, status
 
-    # -- scaling ---------------------------------------------------------------------------
+    # -- starting and stopping -------------------------------------------------------------
 
-    async def _formation(self, name: str) -> Formation:
-        response = await self._request(
-            "GET", self._path(name, "formation"), operation="formation", app=name
-        )
-        if not isinstance(response.body, list):
-            raise ProviderError(
-                f"Heroku answered an unexpected formation for {name}", provider=self.name, app=name
-            )
-        return {
-            entry["type"]: quantity_of(entry)
-            for entry in response.body
-            if isinstance(entry, dict) and isinstance(entry.get("type"), str)
-        }
+    async def start(self, name: str, remembered: Remembered | None) -> Startup:
+        wanted = formation_of(remembered)
+        if wanted:
+            wanted["web"] = max(1, wanted.get("web", 0))
+            await self._scale(name, wanted)
+        else:
+            await self._scale_web_if_none(name)
+        self._remember(name, AppState.STARTING, "starting")
+        return Startup(running=lambda: self._is_up(name))
 
-    async def _scale(self, name: str, quantities: Formation) -> None:
+    async def _scale_web_if_none(self, name: str) -> None:
+        """web x 1, unless web already has dynos: without a remembered formation, blindly
+        asking for one would scale a web x 3 down, should our view of the app be stale."""
+        current = await self._formation(name)
+        if current.get("web", 0) == 0:
+            await self._scale(name, fit_formation({}, current), fitted=True)
+
+    async def _scale(self, name: str, wanted: Formation, *, fitted: bool = False) -> None:
         """One batch PATCH; a process type the app no longer has is dropped, then once more."""
-        response = await self._patch_formation(name, quantities, ok=(200, 404))
+        if "web" not in wanted:
+            raise OperationFailed(
+                f"Heroku app {name} has no web process type", provider=PROVIDER, app=name
+            )
+        response = await self._patch_formation(name, wanted, ok=(200, 404))
         if response.status == 200:
             return
         body = response.body if isinstance(response.body, dict) else {}
         if body.get("resource") == "app":
-            raise AppNotFound(f"Heroku does not know app {name}", provider=self.name, app=name)
-        existing = await self._formation(name)  # raises AppNotFound for a deleted app
-        kept = {t: q for t, q in quantities.items() if t in existing}
-        if "web" not in kept:
-            raise OperationFailed(
-                f"Heroku app {name} has no web process type", provider=self.name, app=name
-            )
-        if kept == quantities:
+            raise AppNotFound(f"Heroku does not know app {name}", provider=PROVIDER, app=name)
+        existing = {} if fitted else await self._formation(name)  # AppNotFound when deleted
+        kept = fit_formation(wanted, existing)
+        if fitted or kept == wanted:
             raise ProviderError(
                 f"Heroku refused to scale {name}: {body.get('message', response.body)}",
-                provider=self.name,
+                provider=PROVIDER,
                 app=name,
             )
-        log.info("heroku: %s no longer has %s; scaling the rest", name, set(quantities) - set(kept))
-        await self._patch_formation(name, kept)
+        log.info("heroku: %s no longer has %s; scaling the rest", name, set(wanted) - set(kept))
+        await self._scale(name, kept, fitted=True)
+
+    async def _is_up(self, name: str) -> bool:
+        """One look at the dynos: True once a web dyno is up; every web dyno crashed fails."""
+        state, _ = await self._fetch_state(name)
+        if state is AppState.FAILED:
+            raise OperationFailed(
+                f"the web dynos of Heroku app {name} crashed", provider=PROVIDER, app=name
+            )
+        return state is AppState.RUNNING
+
+    async def stop(self, name: str) -> Remembered | None:
+        current = await self._formation(name)
+        if any(current.values()):
+            # Every type, not only the running ones: one scaled up meanwhile stops too.
+            await self._patch_formation(name, dict.fromkeys(current, 0))
+        self._remember(name, AppState.STOPPED, "no web dyno")
+        return remembered(current)
+
+    async def _formation(self, name: str) -> Formation:
+        response = await self._api.request(
+            "GET", _path(name, "formation"), operation="formation", app=name
+        )
+        entries = objects(expect_list(response, PROVIDER, "formation"))
+        return {e["type"]: quantity_of(e) for e in entries if text(e.get("type"))}
 
     async def _patch_formation(
         self, name: str, quantities: Formation, ok: tuple[int, ...] = (200,)
     ) -> ApiResponse:
         updates = [{"type": t, "quantity": q} for t, q in quantities.items()]
-        return await self._request(
-            "PATCH",
-            self._path(name, "formation"),
-            operation="scale",
-            app=name,
-            json={"updates": updates},
-            ok=ok,
-        )
+        # Absolute quantities: sending them twice changes nothing.
+        return await self._api.request(
+            "PATCH", _path(name, "formation"), operation="scale", app=name,
+            json={"updates": updates}, ok=ok, idempotent=True,
+        )  # fmt: skip
 
-    async def _wait_until_up(self, name: str) -> None:
-        """Polls `/dynos` every `poll_interval` (Heroku's CLI waits 10 s between polls to
-        spare the rate limit) until a web dyno is up; every web dyno crashed is a failure."""
-        while True:
-            state, _ = await self._fetch_state(name)
-            if state is AppState.RUNNING:
-                return
-            if state is AppState.FAILED:
-                raise OperationFailed(
-                    f"the web dynos of Heroku app {name} crashed", provider=self.name, app=name
-                )
-            await asyncio.sleep(self.poll_interval)
-
-    # -- HTTP ------------------------------------------------------------------------------
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        operation: str,
-        app: str | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        ok: tuple[int, ...] = (200, 206),
-    ) -> ApiResponse:
-        try:
-            return await self._api.request(
-                method, path, operation=operation, json=json, headers=headers, ok=ok, app=app
-            )
-        except ProviderAuthError:
-            raise ProviderAuthError(
-                "the Heroku API token was rejected", provider=self.name, app=app
-            ) from None
+    # -- answers ---------------------------------------------------------------------------
 
     def _observe_response(self, response: ApiResponse) -> None:
         value = response.headers.get("RateLimit-Remaining")
         if value is None or not value.strip().isdigit():
             return
         remaining = int(value)
-        before = self._budget.factor
-        self.rate_limit_remaining = remaining
-        self._budget.observe_remaining(remaining)
-        if before > 0 and self._budget.factor == 0:
+        if spendable(remaining) == 0 and spendable(self.rate_limit_remaining) > 0:
             log.warning(
-                "heroku: only %d API calls left in the account's pool; state refreshes paused",
+                "heroku: only %d API calls left in the account's pool; state fetches paused",
                 remaining,
             )
+        self.rate_limit_remaining = remaining
 
-    @staticmethod
-    def _path(name: str, *parts: str) -> str:
-        return "/".join(["/apps", quote(name, safe=""), *parts])
-
-    # -- mapping ---------------------------------------------------------------------------
-
-    def _in_region(self, raw: Mapping[str, Any]) -> bool:
-        return self.region is None or region_name(raw) == self.region
+    def _in_regions(self, raw: Mapping[str, Any]) -> bool:
+        return not self.regions or region_name(raw) in self.regions
 
     def _paas_app(self, raw: Mapping[str, Any], state: AppState, status: str) -> PaasApp:
-        web_url = raw.get("web_url")
-        git_url = raw.get("git_url")
         return PaasApp(
             name=raw["name"],
-            provider=self.name,
+            provider=PROVIDER,
             state=state,
-            upstream_url=web_url if isinstance(web_url, str) and web_url else None,
-            id=raw.get("id") if isinstance(raw.get("id"), str) else None,
+            upstream_url=text(raw.get("web_url")),
+            id=text(raw.get("id")),
             region=region_name(raw),
             created_at=parse_time(raw.get("created_at")),
             updated_at=parse_time(raw.get("updated_at")),
             last_deployed_at=parse_time(raw.get("released_at")),
-            git_url=git_url if isinstance(git_url, str) and git_url else None,
+            git_url=text(raw.get("git_url")),
             status=status,
         )
 
 
-def wake_formation(formation: Formation | None) -> Formation:
-    """The quantities to restore: the remembered ones, with at least one web dyno, since
-    waking is for serving HTTP."""
-    quantities = {t: q for t, q in (formation or {}).items() if q > 0}
-    quantities["web"] = max(1, quantities.get("web", 0))
-    return quantities
+def _path(name: str, *parts: str) -> str:
+    return "/".join(["/apps", quote(name, safe=""), *parts])
 
 
 def quantity_of(entry: Mapping[str, Any]) -> int:
@@ -450,11 +384,6 @@ def quantity_of(entry: Mapping[str, Any]) -> int:
         return 0
 
 
-def valid_app(raw: Any) -> bool:
-    return isinstance(raw, dict) and isinstance(raw.get("name"), str) and bool(raw["name"])
-
-
 def region_name(raw: Mapping[str, Any]) -> str | None:
     region = raw.get("region")
-    name = region.get("name") if isinstance(region, dict) else None
-    return name if isinstance(name, str) else None
+    return text(region.get("name")) if isinstance(region, dict) else None

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from paastis.providers import (
     AppNotFound,
     AppState,
-    Formation,
+    Backoff,
     OperationFailed,
     PaasApp,
-    WakeTimeout,
+    Remembered,
+    Startup,
 )
 from paastis.rules import LocalAppSpec
 from paastis.shell import (
@@ -47,6 +48,8 @@ log = logging.getLogger("paastis.provider.local")
 PROVIDER_NAME = "local"
 # What a status command may print to say "not running" while exiting with 0.
 NOT_RUNNING_OUTPUTS = frozenset({"false", "0", "no", "stopped"})
+# Looking costs no API call here (a process, a status command): look often.
+POLL = Backoff(first=0.25, factor=1.0, cap=0.25, min_gap=0.1)
 
 
 @dataclass
@@ -88,7 +91,8 @@ class LocalProvider:
         operation_timeout: float = 30.0,
         command_timeout: float = 60.0,
         stop_grace: float = 10.0,
-        poll_interval: float = 0.5,
+        poll: Backoff = POLL,
+        spawn_grace: float = 0.5,
     ) -> None:
         for key, spec in apps.items():
             if key != spec.name:
@@ -98,7 +102,9 @@ class LocalProvider:
         self.operation_timeout = operation_timeout
         self._command_timeout = command_timeout
         self._stop_grace = stop_grace
-        self._poll_interval = poll_interval
+        self.poll = poll
+        # How long a spawned command must live to count as started rather than failed.
+        self._spawn_grace = spawn_grace
         self._closed = False
 
     # Reading state -----------------------------------------------------------------------
@@ -161,8 +167,9 @@ class LocalProvider:
 
     # Acting ------------------------------------------------------------------------------
 
-    async def start(self, name: str, formation: Formation | None) -> None:
-        """Start the app and return once it runs; `formation` means nothing here."""
+    async def start(self, name: str, remembered: Remembered | None) -> Startup:
+        """Starts the app; nothing is remembered here. Returns once the command was spawned
+        (and lived `spawn_grace`), or once the start command succeeded."""
         spec = self._spec(name)
         if self._closed:
             # Shutting down: a process spawned now would outlive paastis.
@@ -172,8 +179,20 @@ class LocalProvider:
                 await self._spawn(spec)
             else:
                 await self._run_start_command(spec)
+        return Startup(running=lambda: self._runs(spec))
 
-    async def stop(self, name: str) -> Formation | None:
+    async def _runs(self, spec: LocalAppSpec) -> bool:
+        if spec.command is not None:
+            state, status = self._command_state(spec.name)
+            if state is AppState.FAILED:
+                raise self._failed(spec.name, status)
+            return state is AppState.RUNNING
+        if spec.status is None:
+            return True  # the start command succeeded: that is all there is to know
+        state, _ = await self._probe_status(spec)
+        return state is AppState.RUNNING
+
+    async def stop(self, name: str) -> Remembered | None:
         spec = self._spec(name)
         async with self._runtime[name].lock:
             if spec.command is not None:
@@ -207,7 +226,7 @@ class LocalProvider:
         log.info("local app %s: started pid %d", spec.name, proc.pid)
         # A command that cannot run (bad path, port in use) dies at once: report it as the
         # start's failure rather than as an app that runs and then vanishes.
-        await asyncio.wait({child.watcher}, timeout=self._poll_interval)
+        await asyncio.wait({child.watcher}, timeout=self._spawn_grace)
         if not child.alive:
             # Still the app's child, so that its state says why (FAILED, exit code).
             await _drain(child)
@@ -247,23 +266,6 @@ class LocalProvider:
             runtime.last_state = AppState.FAILED
             raise self._failed(spec.name, f"its start command {_outcome(result)}")
         runtime.last_state = AppState.RUNNING
-        if spec.status is not None:
-            await self._wait_running(spec)
-
-    async def _wait_running(self, spec: LocalAppSpec) -> None:
-        try:
-            async with asyncio.timeout(self.operation_timeout):
-                while True:
-                    state, _ = await self._probe_status(spec)
-                    if state is AppState.RUNNING:
-                        return
-                    await asyncio.sleep(self._poll_interval)
-        except TimeoutError:
-            raise WakeTimeout(
-                f"local app {spec.name} did not report running within {self.operation_timeout:g}s",
-                provider=PROVIDER_NAME,
-                app=spec.name,
-            ) from None
 
     async def _run_stop_command(self, spec: LocalAppSpec) -> None:
         assert spec.stop is not None

@@ -1,49 +1,77 @@
-"""A token bucket that keeps an adapter's own calls inside its provider's rate limit."""
+"""Keeps an adapter's own calls inside its provider's documented rate limit."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+# How often a caller looks again while every slot is taken by calls still under way.
+BUSY_RECHECK = 0.05
 
 
-class TokenBucket:
-    """Holds up to `capacity` tokens, refilled at `rate` tokens per second.
+class SlidingWindow:
+    """At most `limit` calls in any `window` seconds, bursts included, as the provider counts.
 
-    `acquire()` waits (without blocking the loop) until a token is free, so bursts up to
-    `capacity` go at once and sustained traffic is paced at `rate`.
+    A call holds a slot from the moment it is sent until `window` seconds after its answer
+    came back: the provider counted it somewhere in between, so no window the provider can
+    draw holds more than `limit` of our calls. Callers are served first come, first served.
+    After a 429, `throttled()` holds every caller for a whole window: retrying within
+    seconds would only fail again.
     """
 
     def __init__(
         self,
-        capacity: float,
-        rate: float,
+        limit: int,
+        window: float,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.capacity = capacity
-        self.rate = rate
-        self._tokens = capacity
+        self.limit = limit
+        self.window = window
         self._clock = clock
         self._sleep = sleep
-        self._updated = clock()
+        self._ended: deque[float] = deque()  # when each recent call got its answer
+        self._in_flight = 0
+        self._paused_until = float("-inf")
         self._lock = asyncio.Lock()
 
-    @property
-    def tokens(self) -> float:
-        self._refill()
-        return self._tokens
+    def used(self) -> int:
+        """Slots taken now: calls under way plus calls answered within the last window."""
+        self._forget_old(self._clock())
+        return self._in_flight + len(self._ended)
 
-    def _refill(self) -> None:
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._lock:
+            while (delay := self._delay()) > 0:
+                await self._sleep(delay)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._ended.append(self._clock())
+
+    def throttled(self) -> float:
+        """The provider answered 429: every caller waits a whole window from now."""
+        self._paused_until = self._clock() + self.window
+        return self.window
+
+    def _delay(self) -> float:
         now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
+        if now < self._paused_until:
+            return self._paused_until - now
+        self._forget_old(now)
+        if self._in_flight + len(self._ended) < self.limit:
+            return 0.0
+        if len(self._ended) == 0:
+            return BUSY_RECHECK  # every slot is a call still under way
+        return self._ended[0] + self.window - now
 
-    async def acquire(self) -> None:
-        async with self._lock:  # first come, first served
-            self._refill()
-            while self._tokens < 1:
-                await self._sleep((1 - self._tokens) / self.rate)
-                self._refill()
-            self._tokens -= 1
+    def _forget_old(self, now: float) -> None:
+        while self._ended and self._ended[0] <= now - self.window:
+            self._ended.popleft()

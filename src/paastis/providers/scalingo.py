@@ -1,4 +1,11 @@
-"""The Scalingo provider: lists, starts (scales up) and stops (scales to zero) Scalingo apps."""
+"""The Scalingo adapter: starts (scales up) and stops (scales to zero) the apps of one account
+in one or more regions, each through its region's API, and restores their autoscalers.
+
+Scaling a process type by hand disables its autoscaler server side, so a stop remembers the
+autoscalers that were enabled and the wake enables exactly those again once its scale
+operation is done (scalingo.md, "Autoscalers"). Every call of the adapter, token exchange
+included, goes through one sliding window of 60 calls a minute: Scalingo's documented limit.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import binascii
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -18,32 +25,49 @@ import aiohttp
 from paastis.providers import (
     AppNotFound,
     AppState,
+    Autoscaler,
+    Backoff,
     Formation,
     OperationFailed,
     PaasApp,
     ProviderAuthError,
     ProviderError,
-    WakeTimeout,
+    Remembered,
+    Startup,
 )
 from paastis.providers.api import (
     ApiClient,
     ApiResponse,
+    CallLimiter,
     ProviderCallCounter,
     RetryPolicy,
     parse_time,
 )
-from paastis.providers.ratelimit import TokenBucket
+from paastis.providers.kit import (
+    fit_formation,
+    flag,
+    formation_of,
+    objects,
+    poll_until,
+    remembered,
+    text,
+    within,
+)
+from paastis.providers.ratelimit import SlidingWindow
 
 log = logging.getLogger("paastis.provider.scalingo")
 
 PROVIDER = "scalingo"
+DEFAULT_REGION = "osc-fr1"
 # Re-exchange the API token when the JWT has fewer seconds than this left (as go-scalingo does).
 JWT_RENEW_MARGIN = 300.0
 # "Bearer tokens are only valid for an hour"; used when a JWT's `exp` cannot be read.
 JWT_DEFAULT_LIFETIME = 3600.0
-# Scalingo documents 60 requests per minute: bursts of 20, then one per second.
-RATE_LIMIT_CAPACITY = 20.0
-RATE_LIMIT_PER_SECOND = 1.0
+# "The limit is 60 requests per minute", per account.
+RATE_LIMIT = 60
+RATE_WINDOW = 60.0
+# Six looks a minute at most per wake, so that several wakes fit in the limit together.
+POLL = Backoff(first=3.0, factor=2.0, cap=6.0)
 
 STATES: Mapping[str, AppState] = {
     "running": AppState.RUNNING,
@@ -55,10 +79,12 @@ STATES: Mapping[str, AppState] = {
     # Never deployed: nothing runs and there is nothing to wake, so it is not "unknown".
     "new": AppState.STOPPED,
 }
+# Statuses of a deployment or restart of an app that may well be serving meanwhile.
+DEPLOYING = frozenset({"booting", "restarting"})
 
 
 class ScalingoProvider:
-    """One Scalingo account in one region, through the regional API and the auth API."""
+    """One Scalingo account, in the regions given (the first is the default)."""
 
     name = PROVIDER
 
@@ -66,43 +92,53 @@ class ScalingoProvider:
         self,
         *,
         api_token: str,
-        region: str = "osc-fr1",
+        regions: Sequence[str] = (DEFAULT_REGION,),
         api_url: str | None = None,
         auth_url: str = "https://auth.scalingo.com",
         operation_timeout: float = 30.0,
         session: aiohttp.ClientSession,
         counter: ProviderCallCounter,
-        poll_interval: float = 3.0,
+        poll: Backoff = POLL,
         retry: RetryPolicy | None = None,
-        limiter: TokenBucket | None = None,
+        limiter: CallLimiter | None = None,
     ) -> None:
-        self.region: str | None = region
+        if not regions:
+            raise ValueError("Scalingo needs at least one region")
+        if len(regions) > 1 and api_url is not None and "{region}" not in api_url:
+            raise ValueError("an API URL shared by several regions must contain {region}")
+        self.regions = tuple(regions)
+        self.region: str | None = self.regions[0] if len(self.regions) == 1 else None
         self.operation_timeout = operation_timeout
-        self.poll_interval = poll_interval
+        self.poll = poll
         self._api_token = api_token
         self._jwt: str | None = None
         self._jwt_exp = 0.0
         self._auth_lock = asyncio.Lock()
-        # One bucket for every call of this adapter, so concurrent wakes share the budget.
-        limiter = limiter or TokenBucket(RATE_LIMIT_CAPACITY, RATE_LIMIT_PER_SECOND)
+        self._region_of: dict[str, str] = {}  # app name -> its region, from the listings
+        # One window for every call of the account, so concurrent wakes share the budget.
+        limiter = limiter or SlidingWindow(RATE_LIMIT, RATE_WINDOW)
+        common: dict[str, Any] = {
+            "provider": PROVIDER, "session": session, "counter": counter, "retry": retry,
+            "limiter": limiter,
+        }  # fmt: skip
         self._auth = ApiClient(
-            provider=PROVIDER,
             base_url=auth_url,
-            session=session,
-            counter=counter,
             headers=self._basic_headers,
-            retry=retry,
-            limiter=limiter,
+            label="Scalingo",
+            auth_hint="check PROVIDER_SCALINGO_API_TOKEN",
+            **common,
         )
-        self._api = ApiClient(
-            provider=PROVIDER,
-            base_url=api_url or f"https://api.{region}.scalingo.com",
-            session=session,
-            counter=counter,
-            headers=_no_headers,  # the bearer is added per call, see _call
-            retry=retry,
-            limiter=limiter,
-        )
+        template = api_url or "https://api.{region}.scalingo.com"
+        self._apis = {
+            region: ApiClient(
+                base_url=template.replace("{region}", region),
+                headers=_no_headers,  # the bearer is added per call, see _call
+                label="Scalingo",
+                auth_hint="check PROVIDER_SCALINGO_API_TOKEN",
+                **common,
+            )
+            for region in self.regions
+        }
 
     async def close(self) -> None:
         """Nothing to release: the HTTP session belongs to the caller."""
@@ -110,93 +146,124 @@ class ScalingoProvider:
     # -- reading ------------------------------------------------------------------------
 
     async def list_apps(self) -> list[PaasApp]:
-        response = await self._call("GET", "/v1/apps", operation="list_apps")
-        return [self._to_paas_app(item) for item in _body(response).get("apps", [])]
+        listings = await asyncio.gather(*(self._list_region(r) for r in self.regions))
+        apps: dict[str, PaasApp] = {}
+        for region, listed in zip(self.regions, listings, strict=True):
+            for app in listed:
+                if app.name in apps:
+                    log.warning(
+                        "scalingo app %s exists in %s and %s; paastis manages the one in %s",
+                        app.name, apps[app.name].region, region, apps[app.name].region,
+                    )  # fmt: skip
+                    continue
+                apps[app.name] = app
+        self._region_of = {name: app.region or self.regions[0] for name, app in apps.items()}
+        return list(apps.values())
+
+    async def _list_region(self, region: str) -> list[PaasApp]:
+        response = await self._call(region, "GET", "/v1/apps", operation="list_apps")
+        apps = [self._to_paas_app(item, region) for item in objects(_body(response).get("apps"))]
+        deploying = [i for i, app in enumerate(apps) if app.status in DEPLOYING]
+        states = await asyncio.gather(*(self._serving_state(apps[i]) for i in deploying))
+        for index, state in zip(deploying, states, strict=True):
+            apps[index] = replace(apps[index], state=state)
+        return apps
 
     async def get_app(self, name: str) -> PaasApp:
-        response = await self._call("GET", _app_path(name), operation="get_app", app=name)
-        app = self._to_paas_app(_body(response).get("app", {}))
-        if app.state is not AppState.RUNNING:
-            return app
-        # `running` means "at least one container runs": it may be a worker while web is at 0.
-        web = await self._web_states(name)
-        if not web:
-            return _with_state(app, AppState.STOPPED)
-        if any(state != "running" for state in web):
-            return _with_state(app, AppState.STARTING)
+        region = await self._region(name)
+        response = await self._call(region, "GET", _app_path(name), operation="get_app", app=name)
+        app = self._to_paas_app(_body(response).get("app") or {}, region)
+        if app.state is AppState.RUNNING or app.status in DEPLOYING:
+            return replace(app, state=await self._serving_state(app))
         return app
 
-    def _to_paas_app(self, item: Mapping[str, Any]) -> PaasApp:
+    async def _serving_state(self, app: PaasApp) -> AppState:
+        """What the web containers say: `running` means "a container runs", maybe only a
+        worker; `booting` and `restarting` may be an app serving while it deploys."""
+        web = await self._container_states(app.name, {"web"})
+        if web and all(state == "running" for state in web):
+            return AppState.RUNNING
+        if not web and app.status == "running":
+            return AppState.STOPPED
+        return AppState.STARTING
+
+    def _to_paas_app(self, item: Mapping[str, Any], region: str) -> PaasApp:
         name = str(item.get("name", ""))
-        region = item.get("region") or self.region
+        region = text(item.get("region")) or region
         status = item.get("status")
         # `url` may follow a custom domain pointed at paastis itself; base_url cannot loop.
-        upstream = item.get("base_url") or f"https://{name}.{region}.scalingo.io"
+        upstream = text(item.get("base_url")) or f"https://{name}.{region}.scalingo.io"
         return PaasApp(
             name=name,
             provider=PROVIDER,
             state=STATES.get(str(status), AppState.UNKNOWN),
             upstream_url=upstream,
-            id=item.get("id"),
+            id=text(item.get("id")),
             region=region,
             created_at=parse_time(item.get("created_at")),
             updated_at=parse_time(item.get("updated_at")),
             last_deployed_at=parse_time(item.get("last_deployed_at")),
-            force_https=_optional_bool(item.get("force_https")),
-            sticky_session=_optional_bool(item.get("sticky_session")),
-            git_url=item.get("git_url"),
+            force_https=flag(item.get("force_https")),
+            sticky_session=flag(item.get("sticky_session")),
+            git_url=text(item.get("git_url")),
             status=None if status is None else str(status),
         )
 
+    async def _region(self, name: str) -> str:
+        """The app's region: the only one, or the one its listing showed (listed again once)."""
+        if len(self.regions) == 1:
+            return self.regions[0]
+        if name not in self._region_of:
+            await self.list_apps()
+        region = self._region_of.get(name)
+        if region is None:
+            raise AppNotFound(f"scalingo does not know app {name}", provider=PROVIDER, app=name)
+        return region
+
     # -- starting -----------------------------------------------------------------------
 
-    async def start(self, name: str, formation: Formation | None) -> None:
-        wanted = {kind: n for kind, n in (formation or {}).items() if n > 0}
-        deadline = asyncio.timeout(self.operation_timeout)
-        started = time.monotonic()
-        try:
-            async with deadline:
-                if not wanted:
-                    wanted = await self._default_formation(name)
-                try:
-                    location = await self._scale(name, wanted) if wanted else None
-                except OperationFailed as refused:
-                    wanted = await self._formation_that_still_fits(name, wanted, refused)
-                    location = await self._scale(name, wanted)
-                if location is None:  # the formation is already there: it may have crashed
-                    location = await self._restart_if_crashed(name)
-                if location is not None:
-                    await self._wait_operation(name, location)
-                await self._wait_containers(name, wanted or {"web": 1})
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            raise WakeTimeout(
-                f"scalingo app {name} did not run within {self.operation_timeout:g}s",
-                provider=PROVIDER,
-                app=name,
-            ) from None
-        log.info("scalingo app %s runs (%.1fs)", name, time.monotonic() - started)
+    async def start(self, name: str, remembered: Remembered | None) -> Startup:
+        wanted = formation_of(remembered)
+        autoscalers = autoscalers_of(remembered)
+        for autoscaler in autoscalers:  # an autoscaler refuses fewer than its minimum
+            kind = autoscaler["container_type"]
+            wanted[kind] = max(wanted.get(kind, 0), autoscaler["min_containers"])
+        if not wanted:
+            wanted = await self._default_formation(name)
+        location = await self._scale_fitting(name, wanted) if wanted else None
+        if location is None:  # the formation is already there: it may have crashed
+            location = await self._restart_if_crashed(name)
+        return Startup(running=lambda: self._runs(name, location, autoscalers))
 
-    async def _formation_that_still_fits(
-        self, name: str, wanted: Formation, refused: OperationFailed
-    ) -> Formation:
-        """`wanted` without the process types the app no longer has (a deployment while it
-        slept may have removed one); raises `refused` when that changes nothing."""
-        response = await self._call(
-            "GET", _app_path(name, "containers"), operation="containers", app=name
-        )
-        existing = _formation(response)
-        kept = {kind: n for kind, n in wanted.items() if kind in existing}
-        if "web" not in kept and "web" in existing:
-            kept["web"] = 1
-        if not kept or kept == wanted:
-            raise refused
-        log.warning(
-            "scalingo app %s no longer has the process types %s; starting %s instead",
-            name, sorted(set(wanted) - set(kept)), kept,
-        )  # fmt: skip
-        return kept
+    async def _default_formation(self, name: str) -> Formation:
+        """web x 1, or nothing to scale when web already has containers: without a
+        remembered formation, blindly asking for web x 1 would scale a web x 3 down."""
+        current = await self._formation(name)
+        if current.get("web", 0) > 0:
+            return {}
+        return self._with_web(name, fit_formation({}, current))
+
+    async def _scale_fitting(self, name: str, wanted: Formation) -> str | None:
+        """Scales to `wanted`; refused, scales to what of it fits the app's process types."""
+        try:
+            return await self._scale(name, wanted)
+        except OperationFailed as refused:
+            kept = self._with_web(name, fit_formation(wanted, await self._formation(name)))
+            if kept == wanted:
+                raise refused from None
+            log.warning(
+                "scalingo app %s no longer has the process types %s; starting %s instead",
+                name, sorted(set(wanted) - set(kept)), kept,
+            )  # fmt: skip
+            return await self._scale(name, kept)
+
+    @staticmethod
+    def _with_web(name: str, formation: Formation) -> Formation:
+        if "web" not in formation:
+            raise OperationFailed(
+                f"scalingo app {name} has no web process type", provider=PROVIDER, app=name
+            )
+        return formation
 
     async def _restart_if_crashed(self, name: str) -> str | None:
         """Restarts a crashed app (scaling it changes nothing); returns the operation's
@@ -206,66 +273,98 @@ class ScalingoProvider:
             return None
         log.warning("scalingo app %s has crashed; restarting it", name)
         response = await self._call(
-            "POST", _app_path(name, "restart"), operation="restart", app=name, json={}
-        )
+            await self._region(name), "POST", _app_path(name, "restart"), operation="restart",
+            app=name, json={},
+        )  # fmt: skip
         return response.headers.get("Location") or None
 
-    async def _default_formation(self, name: str) -> Formation:
-        """web x 1, or nothing to scale when web already has containers.
+    async def _runs(self, name: str, location: str | None, autoscalers: list[Autoscaler]) -> bool:
+        """One look: the scale (or restart) operation is done, or without one the web
+        containers all run; then the autoscalers the stop disabled are enabled again."""
+        if location is not None:
+            done = await self._operation_done(name, location)
+        else:
+            web = await self._container_states(name, {"web"})
+            done = bool(web) and all(state == "running" for state in web)
+        if done:
+            await self._enable_autoscalers(name, autoscalers)
+        return done
 
-        Without a remembered formation, blindly asking for web x 1 would scale a running
-        web x 3 down to one container, should our view of the app be stale.
-        """
-        response = await self._call(
-            "GET", _app_path(name, "containers"), operation="containers", app=name
-        )
-        return {} if _formation(response).get("web", 0) > 0 else {"web": 1}
-
-    async def _wait_containers(self, name: str, wanted: Formation) -> None:
-        """Polls /ps until the web containers (or, without web, the wanted types) all run."""
-        kinds = {"web"} if "web" in wanted else set(wanted)
-        while True:
-            states = await self._container_states(name, kinds)
-            if states and all(state == "running" for state in states):
-                return
-            await asyncio.sleep(self.poll_interval)
-
-    async def _web_states(self, name: str) -> list[str]:
-        return await self._container_states(name, {"web"})
-
-    async def _container_states(self, name: str, kinds: set[str]) -> list[str]:
-        response = await self._call("GET", _app_path(name, "ps"), operation="ps", app=name)
-        containers = _body(response).get("containers", [])
-        return [str(c.get("state")) for c in containers if c.get("type") in kinds]
+    async def _enable_autoscalers(self, name: str, autoscalers: list[Autoscaler]) -> None:
+        region = await self._region(name)
+        for autoscaler in autoscalers:
+            try:
+                await self._call(
+                    region, "PATCH", _app_path(name, "autoscalers", autoscaler["id"]),
+                    operation="enable_autoscaler", app=name,
+                    json={"autoscaler": {"disabled": False}}, idempotent=True,
+                )  # fmt: skip
+            except ProviderError as exc:
+                # The app runs: serving it matters more; the user has to look at this one.
+                log.error(
+                    "scalingo app %s runs, but its %s autoscaler could not be enabled again: %s",
+                    name, autoscaler["container_type"], exc,
+                )  # fmt: skip
+            else:
+                log.info(
+                    "scalingo app %s: %s autoscaler enabled again",
+                    name, autoscaler["container_type"],
+                )  # fmt: skip
 
     # -- stopping -----------------------------------------------------------------------
 
-    async def stop(self, name: str) -> Formation | None:
-        response = await self._call(
-            "GET", _app_path(name, "containers"), operation="containers", app=name
-        )
-        current = _formation(response)
-        running = {kind: n for kind, n in current.items() if n > 0}
-        if not running:
+    async def stop(self, name: str) -> Remembered | None:
+        current = await self._formation(name)
+        if not any(current.values()):
             return None
-        deadline = asyncio.timeout(self.operation_timeout)
-        try:
-            async with deadline:
-                location = await self._scale(name, dict.fromkeys(current, 0))
-                if location is not None:
-                    await self._wait_operation(name, location)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            raise OperationFailed(
-                f"scalingo app {name} did not finish stopping within {self.operation_timeout:g}s",
-                provider=PROVIDER,
-                app=name,
-            ) from None
-        log.info("scalingo app %s stopped (formation was %s)", name, running)
-        return running
+        enabled = await self._enabled_autoscalers(name)
+        seconds = self.operation_timeout
+        async with within(seconds, lambda: self._stop_timeout(name, seconds)):
+            location = await self._scale(name, dict.fromkeys(current, 0))
+            if location is not None:
+                await poll_until(lambda: self._operation_done(name, location), self.poll)
+        value = remembered(current, enabled)
+        log.info("scalingo app %s stopped (remembered %s)", name, value)
+        return value
+
+    def _stop_timeout(self, name: str, seconds: float) -> OperationFailed:
+        return OperationFailed(
+            f"scalingo app {name} did not finish stopping within {seconds:g}s",
+            provider=PROVIDER,
+            app=name,
+        )
+
+    async def _enabled_autoscalers(self, name: str) -> list[Autoscaler]:
+        """The autoscalers the stop is about to disable (scaling by hand does), to enable
+        again at the wake; never one the user had disabled."""
+        response = await self._call(
+            await self._region(name), "GET", _app_path(name, "autoscalers"),
+            operation="autoscalers", app=name, ok=(200, 404),
+        )  # fmt: skip
+        if response.status == 404:  # an app without autoscaling
+            return []
+        items = objects(_body(response).get("autoscalers"))
+        return _autoscalers([item for item in items if item.get("disabled") is False])
 
     # -- scaling and operations ---------------------------------------------------------
+
+    async def _formation(self, name: str) -> Formation:
+        response = await self._call(
+            await self._region(name), "GET", _app_path(name, "containers"),
+            operation="containers", app=name,
+        )  # fmt: skip
+        return {
+            str(c["name"]): int(c.get("amount") or 0)
+            for c in objects(_body(response).get("containers"))
+            if text(c.get("name"))
+        }
+
+    async def _container_states(self, name: str, kinds: set[str]) -> list[str]:
+        response = await self._call(
+            await self._region(name), "GET", _app_path(name, "ps"), operation="ps", app=name
+        )
+        containers = objects(_body(response).get("containers"))
+        return [str(c.get("state")) for c in containers if c.get("type") in kinds]
 
     async def _scale(self, name: str, formation: Formation) -> str | None:
         """Asks for `formation`; returns the operation's Location, None when nothing to follow.
@@ -274,10 +373,12 @@ class ScalingoProvider:
         deadline bounds it). "No change" means the app already has this formation.
         """
         body = {"containers": [{"name": kind, "amount": n} for kind, n in formation.items()]}
+        region = await self._region(name)
         while True:
+            # Absolute amounts: sending them twice changes nothing.
             response = await self._call(
-                "POST", _app_path(name, "scale"), operation="scale", app=name, json=body,
-                ok=(200, 202, 400, 404, 422),
+                region, "POST", _app_path(name, "scale"), operation="scale", app=name, json=body,
+                ok=(200, 202, 400, 404, 422), idempotent=True,
             )  # fmt: skip
             if response.status == 202:
                 return response.headers.get("Location") or None
@@ -288,8 +389,8 @@ class ScalingoProvider:
             if not _is_busy(response):
                 _raise_scale_error(name, formation, response)
                 return None  # 400 "no change": the formation is already the wanted one
-            log.info("scalingo app %s is busy; retrying the scale in %gs", name, self.poll_interval)
-            await asyncio.sleep(self.poll_interval)
+            log.info("scalingo app %s is busy; scaling again in %gs", name, self.poll.first)
+            await asyncio.sleep(self.poll.first)
 
     async def _fail_if_never_deployed(self, name: str) -> None:
         app = await self.get_app(name)
@@ -300,29 +401,29 @@ class ScalingoProvider:
                 app=name,
             )
 
-    async def _wait_operation(self, name: str, location: str) -> None:
-        """Polls the operation every poll_interval until done; raises on `error`."""
+    async def _operation_done(self, name: str, location: str) -> bool:
+        """One look at the operation: True once done; its `error` status raises."""
         # Rebuilt from the id on our own API base, so the JWT never goes to another host.
         operation_id = location.rstrip("/").rsplit("/", 1)[-1]
-        path = _app_path(name, "operations", operation_id)
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            response = await self._call("GET", path, operation="operation", app=name)
-            operation = _body(response).get("operation", {})
-            status = operation.get("status")
-            if status == "done":
-                return
-            if status == "error":
-                raise OperationFailed(
-                    f"scalingo operation on {name} failed: {operation.get('error') or 'error'}",
-                    provider=PROVIDER,
-                    app=name,
-                )
+        response = await self._call(
+            await self._region(name), "GET", _app_path(name, "operations", operation_id),
+            operation="operation", app=name,
+        )  # fmt: skip
+        operation = _body(response).get("operation") or {}
+        status = operation.get("status")
+        if status == "error":
+            raise OperationFailed(
+                f"scalingo operation on {name} failed: {operation.get('error') or 'error'}",
+                provider=PROVIDER,
+                app=name,
+            )
+        return status == "done"
 
     # -- authenticated calls ------------------------------------------------------------
 
     async def _call(
         self,
+        region: str,
         method: str,
         path: str,
         *,
@@ -330,28 +431,27 @@ class ScalingoProvider:
         app: str | None = None,
         json: Any = None,
         ok: tuple[int, ...] = (200, 201, 202, 204),
+        idempotent: bool | None = None,
     ) -> ApiResponse:
-        """One API call with a fresh JWT; a 401 re-exchanges the token once and retries."""
+        """One call to the region's API with a fresh JWT; a 401 exchanges the token again
+        once and retries."""
+        api = self._apis[region]
         jwt = await self._bearer()
-        response = await self._api.request(
-            method, path, operation=operation, app=app, json=json, ok=(*ok, 401),
-            headers={"Authorization": f"Bearer {jwt}"},
-        )  # fmt: skip
-        if response.status != 401:
-            return response
-        log.info("scalingo %s got 401; exchanging the API token again", operation)
-        jwt = await self._bearer(rejected=jwt)
-        response = await self._api.request(
-            method, path, operation=operation, app=app, json=json, ok=(*ok, 401),
-            headers={"Authorization": f"Bearer {jwt}"},
-        )  # fmt: skip
-        if response.status == 401:
-            raise ProviderAuthError(
-                f"scalingo rejected a freshly exchanged token on {operation}",
-                provider=PROVIDER,
-                app=app,
-            )
-        return response
+        for attempt in range(2):
+            response = await api.request(
+                method, path, operation=operation, app=app, json=json, ok=(*ok, 401),
+                headers={"Authorization": f"Bearer {jwt}"}, idempotent=idempotent,
+            )  # fmt: skip
+            if response.status != 401:
+                return response
+            if attempt == 0:
+                log.info("scalingo %s got 401; exchanging the API token again", operation)
+                jwt = await self._bearer(rejected=jwt)
+        raise ProviderAuthError(
+            f"scalingo rejected a freshly exchanged token on {operation}",
+            provider=PROVIDER,
+            app=app,
+        )
 
     async def _bearer(self, *, rejected: str | None = None) -> str:
         """The current JWT, exchanged again when near expiry or when `rejected` by the API."""
@@ -366,16 +466,17 @@ class ScalingoProvider:
     async def _exchange(self) -> str:
         try:
             response = await self._auth.request(
-                "POST", "/v1/tokens/exchange", operation="exchange_token", json={}
-            )
+                "POST", "/v1/tokens/exchange", operation="exchange_token", json={},
+                idempotent=True,
+            )  # fmt: skip
         except ProviderAuthError:
             raise ProviderAuthError(
                 "the Scalingo API token was rejected by the token exchange "
                 "(check PROVIDER_SCALINGO_API_TOKEN)",
                 provider=PROVIDER,
             ) from None
-        token = _body(response).get("token")
-        if not isinstance(token, str) or not token:
+        token = text(_body(response).get("token"))
+        if token is None:
             raise ProviderError("scalingo token exchange returned no token", provider=PROVIDER)
         return token
 
@@ -386,6 +487,27 @@ class ScalingoProvider:
 
 async def _no_headers() -> Mapping[str, str]:
     return {}
+
+
+def autoscalers_of(value: Mapping[str, Any] | None) -> list[Autoscaler]:
+    """The autoscalers a stop remembered (none in what earlier versions remembered)."""
+    return _autoscalers(objects((value or {}).get("autoscalers")))
+
+
+def _autoscalers(items: list[dict[str, Any]]) -> list[Autoscaler]:
+    return [
+        Autoscaler(
+            id=str(item["id"]),
+            container_type=str(item["container_type"]),
+            min_containers=_count(item.get("min_containers")),
+        )
+        for item in items
+        if text(item.get("id")) and text(item.get("container_type"))
+    ]
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def jwt_expiry(jwt: str) -> float:
@@ -404,25 +526,8 @@ def _app_path(name: str, *parts: str) -> str:
     return "/".join(["/v1/apps", *(quote(p, safe="") for p in (name, *parts))])
 
 
-def _formation(response: ApiResponse) -> Formation:
-    """{type: amount} from a `/containers` answer."""
-    return {
-        str(c["name"]): int(c.get("amount") or 0)
-        for c in _body(response).get("containers", [])
-        if isinstance(c, dict) and c.get("name")
-    }
-
-
 def _body(response: ApiResponse) -> Mapping[str, Any]:
     return response.body if isinstance(response.body, dict) else {}
-
-
-def _optional_bool(value: Any) -> bool | None:
-    return value if isinstance(value, bool) else None
-
-
-def _with_state(app: PaasApp, state: AppState) -> PaasApp:
-    return replace(app, state=state)
 
 
 def _is_busy(response: ApiResponse) -> bool:
