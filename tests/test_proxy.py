@@ -894,8 +894,8 @@ async def test_empty_readiness_path_variable_turns_the_check_off(scalingo, probe
     assert upstream.health_paths == ["/health"]
 
 
-async def get_text(proxy, host: str, path: str) -> tuple[int, str]:
-    async with proxy.get(host, path) as response:
+async def get_text(proxy, host: str, path: str, **kwargs) -> tuple[int, str]:
+    async with proxy.get(host, path, **kwargs) as response:
         return response.status, await response.text()
 
 
@@ -919,6 +919,23 @@ async def test_app_with_a_request_in_flight_is_not_stopped_past_its_idle_time(
     assert report.stopped == []
     assert emulator.count("scale", app="web") == 0
     assert (await proxy.tick()).stopped == ["web"]
+
+
+async def test_a_monitors_long_request_does_not_keep_its_app_awake(scalingo, probe, paastis):
+    emulator, _ = scalingo
+    upstream, _ = probe
+    proxy = await proxied(scalingo, probe, paastis, START_AND_STOP_MAX_IDLE_TIME="0")
+    await proxy.tick()  # registers `web`
+    monitor = {"User-Agent": "Mozilla/5.0+(compatible; UptimeRobot/2.0)"}
+
+    held = asyncio.ensure_future(get_text(proxy, "web.example.net", "/hold", headers=monitor))
+    await asyncio.wait_for(upstream.held.wait(), timeout=5)
+    report = await proxy.tick()
+    upstream.release.set()
+    await asyncio.wait_for(asyncio.gather(held, return_exceptions=True), timeout=5)
+
+    assert report.stopped == ["web"]
+    assert emulator.count("scale", app="web") == 1
 
 
 async def test_app_is_stamped_when_a_request_ends(scalingo, probe, paastis):
