@@ -32,7 +32,7 @@ class ProxyServer(web.Server):
             **kwargs,
         }
         super().__init__(handler, handler_cancellation=True, **self._connection_options)
-        self._head_timeout = head_timeout
+        self._deadlines = HeadDeadlines(head_timeout)
         self._make = self.request_factory
         self.request_factory = self._request_for
 
@@ -40,7 +40,7 @@ class ProxyServer(web.Server):
         return ProxyConnection(
             self,
             loop=asyncio.get_running_loop(),
-            head_timeout=self._head_timeout,
+            deadlines=self._deadlines,
             **self._connection_options,
         )
 
@@ -51,36 +51,68 @@ class ProxyServer(web.Server):
         return self._make(message, payload, protocol, writer, task)
 
 
+class HeadDeadlines:
+    """The connections waiting for a request head, checked a few times a second: cheaper, on
+    the hot path, than a timer per request."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._interval = min(1.0, timeout / 4)
+        self._waiting: dict[ProxyConnection, float] = {}
+        self._sweep_handle: asyncio.TimerHandle | None = None
+
+    def watch(self, connection: ProxyConnection) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiting[connection] = loop.time()
+        if self._sweep_handle is None:
+            self._sweep_handle = loop.call_later(self._interval, self._sweep)
+
+    def forget(self, connection: ProxyConnection) -> None:
+        self._waiting.pop(connection, None)
+
+    def watches(self, connection: ProxyConnection) -> bool:
+        return connection in self._waiting
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        late = [c for c, since in self._waiting.items() if now - since >= self.timeout]
+        for connection in late:
+            del self._waiting[connection]
+            connection.head_timed_out()
+        self._sweep_handle = loop.call_later(self._interval, self._sweep) if self._waiting else None
+
+
 class ProxyConnection(web.RequestHandler):
-    """One client connection. The request head must arrive within `head_timeout` seconds,
+    """One client connection. The request head must arrive within PROXY_HEADER_TIMEOUT seconds,
     counted from the connection's start or from the first byte of a kept-alive request."""
 
-    def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, deadlines: HeadDeadlines, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._head_timeout = head_timeout
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._deadlines = deadlines
         self._head_bytes = False  # whether any byte of the awaited head has arrived
         self._heads = 0  # request heads handed to a handler
         self._answered = 0  # answers finished
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._deadlines.watch(self)
 
     def data_received(self, data: bytes) -> None:
         if self._heads == self._answered and data:
-            if self._head_timer is None:
-                self._arm_head_timer()  # the first bytes of the next request
+            if not self._head_bytes and not self._deadlines.watches(self):
+                self._deadlines.watch(self)  # the first bytes of the next request
             self._head_bytes = True
         super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm_head_timer()
+        self._deadlines.forget(self)
         super().connection_lost(exc)
 
     def head_received(self) -> None:
         self._heads += 1
-        self._disarm_head_timer()
+        self._head_bytes = False
+        self._deadlines.forget(self)
 
     async def finish_response(self, request, resp, start_time):  # type: ignore[no-untyped-def]
         try:
@@ -107,20 +139,7 @@ class ProxyConnection(web.RequestHandler):
         detail = first_line(message or exc) if status < 500 else ""
         return own_answer(status, failure.text(detail=detail), reusable=False)
 
-    # --- the head deadline ---------------------------------------------------------------------
-
-    def _arm_head_timer(self) -> None:
-        self._head_bytes = False
-        loop = asyncio.get_running_loop()
-        self._head_timer = loop.call_later(self._head_timeout, self._head_timed_out)
-
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def head_timed_out(self) -> None:
         transport = self.transport
         if transport is None or self._heads != self._answered:
             return
@@ -128,7 +147,7 @@ class ProxyConnection(web.RequestHandler):
             log.warning(
                 "closing the connection of %s: its request head took over %gs",
                 (self.peername or ("?",))[0],
-                self._head_timeout,
+                self._deadlines.timeout,
             )
             transport.write(own_answer_bytes(408, Failure.HEAD_TIMEOUT.text(), reusable=False))
         self.force_close()

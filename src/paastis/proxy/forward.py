@@ -27,6 +27,7 @@ from paastis.proxy.upstream import (
     UpstreamError,
     UpstreamPool,
     UpstreamTimeout,
+    tokens,
 )
 from paastis.proxy.websocket import tunnel
 
@@ -68,6 +69,7 @@ class Forwarder:
             request.method,
             path,
             request.raw_headers,
+            named=connection_named(request),
             client=client,
             upstream=Upstream(base),
             body_length=length,
@@ -81,8 +83,8 @@ class Forwarder:
         try:
             if answer.status == 101 and upgrade is not None:
                 answer_head = client_answer_head(
-                    101, answer.reason, answer.headers, framing=Framing.NONE, keep_alive=False,
-                    http10_client=False, locations=None,
+                    101, answer.reason, answer.headers, named=frozenset(), framing=Framing.NONE,
+                    keep_alive=False, http10_client=False, locations=None,
                 )  # fmt: skip
                 await tunnel(request, connection, answer_head, deadline=deadline)
                 return RawAnswer(101, reusable=False)
@@ -175,6 +177,7 @@ class Forwarder:
             answer.status,
             answer.reason,
             answer.headers,
+            named=answer.connection_tokens,
             framing=framing,
             keep_alive=keep_alive,
             http10_client=request.version < HttpVersion11,
@@ -211,6 +214,12 @@ def answer_framing(request: web.BaseRequest, answer: AnswerHead) -> Framing:
     if request.version < HttpVersion11:
         return Framing.UNTIL_CLOSE
     return Framing.CHUNKED
+
+
+def connection_named(request: web.BaseRequest) -> frozenset[bytes]:
+    """The headers the client named in `Connection`: hop-by-hop for this hop only."""
+    values = request.headers.getall("Connection", ())
+    return tokens([value.encode("utf-8", "surrogateescape") for value in values])
 
 
 def websocket_upgrade(request: web.BaseRequest) -> bytes | None:

@@ -19,7 +19,7 @@ from paastis.proxy.access_log import RequestOutcome, RequestRecorder
 from paastis.proxy.answer import own_answer
 from paastis.proxy.failures import ALLOWED_METHODS, Failure
 from paastis.proxy.forward import Forwarder
-from paastis.proxy.headers import Client, carries_our_via, transfer_codings
+from paastis.proxy.headers import Client, carries_our_via
 from paastis.proxy.routing import BadTarget, Target, request_target
 from paastis.proxy.upstream import UpstreamBroke, UpstreamTimeout, UpstreamUnreachable
 from paastis.proxy.waiting_page import is_browser_navigation, waiting_page
@@ -88,7 +88,7 @@ class Proxy:
                 request, Failure.BAD_HOST, detail="paastis routes by host name, not by IP address"
             )
         route = self._lifecycle.route(key)
-        if carries_our_via(request.raw_headers):
+        if carries_our_via(request.headers.getall("Via", [])):
             log.warning(
                 "forwarding loop for %s: the request came back through paastis", route.app_name
             )
@@ -186,9 +186,9 @@ def refuse(request: web.BaseRequest) -> web.StreamResponse | None:
     if request.version not in (HttpVersion10, HttpVersion11):
         version = f"{request.version.major}.{request.version.minor}"
         return answer(request, Failure.VERSION, detail=version, reusable=False)
-    codings = transfer_codings(request.raw_headers)
-    if codings and codings != [b"chunked"]:
-        shown = ", ".join(coding.decode("latin-1") for coding in codings)
+    codings = request.headers.getall("Transfer-Encoding", [])
+    if codings and [c.strip().lower() for c in ",".join(codings).split(",")] != ["chunked"]:
+        shown = ", ".join(codings)
         # The body cannot be read past a coding paastis does not know: close after answering.
         return answer(request, Failure.TRANSFER_CODING, detail=shown, reusable=False)
     return None

@@ -40,8 +40,8 @@ REPLACED_IN_REQUESTS = frozenset(
 )
 DROPPED_FROM_REQUESTS = HOP_BY_HOP | SYSTEM_HEADERS | REPLACED_IN_REQUESTS
 # paastis' entry in `Via` (RFC 9110 §7.6.3): its received-by pseudonym is how a loop is seen.
-VIA_PSEUDONYM = b"paastis"
-VIA_ENTRY = b"1.1 " + VIA_PSEUDONYM
+VIA_PSEUDONYM = "paastis"
+VIA_ENTRY = b"1.1 paastis"
 
 
 @dataclass(frozen=True)
@@ -77,36 +77,14 @@ class Upstream:
         return (prefix + path).encode("utf-8", "surrogateescape")
 
 
-def connection_tokens(raw: RawHeaders) -> frozenset[bytes]:
-    """Headers named in `Connection`: hop-by-hop for this hop only."""
-    return frozenset(
-        token.strip().lower()
-        for name, value in raw
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-        if token.strip()
-    )
-
-
-def carries_our_via(raw: RawHeaders) -> bool:
-    """Whether a request already went through paastis: a forwarding loop."""
-    for name, value in raw:
-        if name.lower() == b"via":
-            for entry in value.split(b","):
-                parts = entry.split()
-                if len(parts) >= 2 and parts[1].lower() == VIA_PSEUDONYM:
-                    return True
+def carries_our_via(via_values: list[str]) -> bool:
+    """Whether a request already went through paastis (its `Via` values): a forwarding loop."""
+    for value in via_values:
+        for entry in value.split(","):
+            parts = entry.split()
+            if len(parts) >= 2 and parts[1].lower() == VIA_PSEUDONYM:
+                return True
     return False
-
-
-def transfer_codings(raw: RawHeaders) -> list[bytes]:
-    return [
-        coding.strip().lower()
-        for name, value in raw
-        if name.lower() == b"transfer-encoding"
-        for coding in value.split(b",")
-        if coding.strip()
-    ]
 
 
 def upstream_request_head(
@@ -114,6 +92,7 @@ def upstream_request_head(
     path: str,
     raw: RawHeaders,
     *,
+    named: frozenset[bytes],
     client: Client,
     upstream: Upstream,
     body_length: int | None,
@@ -121,8 +100,8 @@ def upstream_request_head(
     upgrade: bytes | None = None,
 ) -> bytes:
     """The request head for the app: the client's headers byte for byte, less hop-by-hop and
-    system headers, with Host, X-Forwarded-*, Via and the body's framing set by paastis."""
-    named = connection_tokens(raw)
+    system headers (and those `named` in the client's `Connection`), with Host, X-Forwarded-*,
+    Via and the body's framing set by paastis."""
     own_origin = client.origin
     forwarded_for: list[bytes] = []
     claimed_proto = b""
@@ -169,6 +148,7 @@ def client_answer_head(
     reason: bytes,
     raw: RawHeaders,
     *,
+    named: frozenset[bytes],
     framing: Framing,
     keep_alive: bool,
     http10_client: bool,
@@ -176,10 +156,11 @@ def client_answer_head(
     extra: Iterable[tuple[bytes, bytes]] = (),
 ) -> bytes:
     """The answer head for the client: the app's headers byte for byte, less hop-by-hop ones
-    (but for a 101, whose Upgrade and Connection belong to the handshake), with a `Date` when
-    the app sent none and the framing of this hop."""
+    and those `named` in the app's `Connection` (but for a 101, whose Upgrade and Connection
+    belong to the handshake), with a `Date` when the app sent none and this hop's framing."""
     switching = status == 101
-    named = frozenset() if switching else connection_tokens(raw)
+    if switching:
+        named = frozenset()
     lines = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
     has_date = False
     keeps_length = framing in (Framing.LENGTH, Framing.NONE)

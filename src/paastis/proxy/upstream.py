@@ -51,6 +51,7 @@ class AnswerHead:
     length: int | None  # Content-Length, when the answer has one
     chunked: bool
     close_delimited: bool  # the end of the connection ends the body
+    connection_tokens: frozenset[bytes]  # headers the app named in `Connection`
 
 
 @dataclass(slots=True)
@@ -61,6 +62,9 @@ class _Exchange:
     parser: httptools.HttpResponseParser | None = None
     reason: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    length: int | None = None
+    chunked: bool = False
+    connection: list[bytes] = field(default_factory=list)
     interim: bool = False
     head: AnswerHead | None = None
     body: list[bytes] = field(default_factory=list)
@@ -84,6 +88,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._tunnel: TunnelSink | None = None
+        # Reused from one exchange to the next (llhttp starts over after each answer), except
+        # after a HEAD, whose answer llhttp cannot know has no body.
+        self._parser: httptools.HttpResponseParser | None = None
         self.idle_handle: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
@@ -141,13 +148,27 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         exchange = self._current()
         exchange.headers = []
+        exchange.length = None
+        exchange.chunked = False
+        exchange.connection = []
         exchange.interim = False
 
     def on_status(self, reason: bytes) -> None:
         self._current().reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._current().headers.append((name, value))
+        exchange = self._current()
+        exchange.headers.append((name, value))
+        lowered = name.lower()
+        if lowered == b"content-length":
+            try:
+                exchange.length = int(value)
+            except ValueError:
+                exchange.length = None  # llhttp refuses a malformed one before this
+        elif lowered == b"transfer-encoding":
+            exchange.chunked = value.strip().lower().endswith(b"chunked")
+        elif lowered == b"connection":
+            exchange.connection.append(value)
 
     def on_headers_complete(self) -> None:
         exchange = self._current()
@@ -157,7 +178,8 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.interim = True  # 100 Continue, 103 Early Hints: not passed on
             exchange.reason = b""
             return
-        length, chunked = _framing(exchange.headers)
+        chunked = exchange.chunked
+        length = None if chunked else exchange.length
         no_body = exchange.head_only or status in (101, 204, 304)
         exchange.head = AnswerHead(
             status=status,
@@ -166,12 +188,14 @@ class UpstreamConnection(asyncio.Protocol):
             length=length,
             chunked=chunked,
             close_delimited=not no_body and length is None and not chunked,
+            connection_tokens=tokens(exchange.connection),
         )
         exchange.keep_alive = exchange.parser.should_keep_alive()
         if no_body:
             # llhttp cannot know that a HEAD's answer has no body: it ends here.
             exchange.complete = True
-            exchange.parser = None if exchange.head_only else exchange.parser
+            if exchange.head_only:
+                self._parser = exchange.parser = None
 
     def on_body(self, body: bytes) -> None:
         exchange = self._current()
@@ -198,8 +222,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None
-        self._exchange = _Exchange(head_only=head_only)
-        self._exchange.parser = httptools.HttpResponseParser(self)
+        if self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
+        self._exchange = _Exchange(head_only=head_only, parser=self._parser)
 
     def write(self, data: bytes) -> None:
         if self.closed or self.transport is None or self.transport.is_closing():
@@ -422,17 +447,10 @@ class UpstreamPool:
         self._open.discard(connection)
 
 
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
-    """The answer's Content-Length (None when absent) and whether it is chunked."""
-    length = None
-    chunked = False
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                length = None
-        elif lowered == b"transfer-encoding":
-            chunked = value.strip().lower().endswith(b"chunked")
-    return (None, True) if chunked else (length, False)
+def tokens(values: list[bytes]) -> frozenset[bytes]:
+    """The lowercased tokens of comma-separated header values (`Connection: close, X-Foo`)."""
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
+    )
