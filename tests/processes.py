@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -51,6 +52,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def quiet_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, which every bind(0) (and so
+    free_port() and every test server) draws from. For a port that stays unbound for a while
+    (a local app binds its port only at its first request), where a port handed out meanwhile
+    to another test would answer in its place."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(20000, min(low, 32768)), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def accepts_connections(port: int) -> bool:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import http.client
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,27 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from processes import accepts_connections, free_port
+from processes import accepts_connections, free_port, quiet_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "local.yml"
 DEMO_PORTS = {"hello": "8001", "docs": "8002"}
 SECRET = "PAASTIS_DEMO_SECRET=do-not-serve-me-0123456789"
-
-
-def quiet_port() -> int:
-    """A free loopback port below the kernel's ephemeral range, which every other test's
-    bind(0) draws from: the demo's apps bind theirs only at the first request, and a port
-    handed out meanwhile to another test would answer in their place."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(20000, min(low, 32768)), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port below the ephemeral range")
 
 
 def get(port: int, host: str, path: str) -> tuple[int, str]:
