@@ -59,15 +59,25 @@ async def spawn_shell(
     stdout and stderr share one pipe, so their lines keep their order; stdin is /dev/null so
     a command waiting for input cannot hang forever.
     """
-    return await asyncio.create_subprocess_shell(
-        command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, **env} if env else None,
-        # A session of its own: the whole tree the shell starts can be signalled at once.
-        start_new_session=True,
+    spawning = asyncio.ensure_future(
+        asyncio.create_subprocess_shell(
+            command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **env} if env else None,
+            # A session of its own: the whole tree the shell starts can be signalled at once.
+            start_new_session=True,
+        )
     )
+    try:
+        return await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        # The shell may already run and have started children; cancelled, asyncio would
+        # kill only the shell and orphan them: kill the whole group instead.
+        with contextlib.suppress(OSError):
+            signal_group(await spawning, signal.SIGKILL)
+        raise
 
 
 async def log_output(
