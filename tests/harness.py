@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from paastis.clock import WallClock, utc_now
 from paastis.config import CommandLine, load_settings
 from paastis.providers import Backoff
 from paastis.providers.api import RetryPolicy
@@ -97,9 +98,11 @@ async def start_paastis(
     admin: bool = False,
     tuning: Mapping[str, Any] | None = None,
     shutdown_grace: float = 5.0,
+    wall_clock: WallClock = utc_now,
 ) -> RunningPaastis:
     """Starts paastis in this process on a free port. The scheduler's first tick runs at once;
-    its cron defaults to once a year so tests drive ticks themselves with `tick()`."""
+    its cron defaults to once a year so tests drive ticks themselves with `tick()`. Idle times
+    are measured on `wall_clock` (a `ManualClock.wall` lets a test move time by hand)."""
     environ = {"START_AND_STOP_CHECKING_INTERVAL_CRON": "0 0 1 1 *", **env}
     config = None
     if rules is not None:
@@ -114,6 +117,6 @@ async def start_paastis(
         shutdown_timeout=shutdown_grace,
     )
     provider_tuning = FAST_TUNING.get(settings.provider.name, {}) if tuning is None else tuning
-    server = Server(settings, provider_tuning=provider_tuning)
+    server = Server(settings, provider_tuning=provider_tuning, wall_clock=wall_clock)
     await server.start()
     return RunningPaastis(server, session)

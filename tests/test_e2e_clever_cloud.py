@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from clock import ManualClock
 from conftest import url_of
 from emulators.clever_cloud import CleverEmulator
 from harness import RunningPaastis
@@ -155,19 +156,21 @@ async def test_idle_app_is_stopped_once_after_its_max_idle_time_with_hooks_in_or
     hook_log = tmp_path / "hooks.log"
     variables = "$PAASTIS_HOOK $PAASTIS_APP_NAME $PAASTIS_APP_PROVIDER $PAASTIS_APP_REGION"
     line = f'echo "{variables}" >> {hook_log}'
+    clock = ManualClock()
     proxy = await start(
         env={
-            "START_AND_STOP_MAX_IDLE_TIME": "0.02",  # 1.2 s
+            "START_AND_STOP_MAX_IDLE_TIME": "1",
             "HOOKS_BEFORE_STOP": line,
             "HOOKS_AFTER_STOP": line,
             # The summary carries no zone: an app never fetched gets the configured region.
             "PROVIDER_REGION": "par",
         },
         rules="rules:\n  - pattern: busy-app\n    app_max_idle_time: 60\n",
+        wall_clock=clock.wall,
     )
     await proxy.tick()  # discovery
     assert (await proxy.tick()).stopped == []
-    await asyncio.sleep(1.3)
+    clock.advance(61)
     reports = [await proxy.tick() for _ in range(3)]
 
     assert [r.stopped for r in reports] == [["idle-app"], [], []]

@@ -162,15 +162,16 @@ async def test_idle_app_is_stopped_once_after_its_max_idle_time_with_hooks_in_or
     line = f'echo "{variables}" >> {hook_log}'
     proxy = await start(
         env={
-            "START_AND_STOP_MAX_IDLE_TIME": "0.02",  # 1.2 s
+            "START_AND_STOP_MAX_IDLE_TIME": "1",
             "HOOKS_BEFORE_STOP": line,
             "HOOKS_AFTER_STOP": line,
         },
         rules="rules:\n  - pattern: busy-app\n    app_max_idle_time: 60\n",
+        wall_clock=clock.wall,
     )
     await discovered(proxy, clock, "idle-app", "busy-app")
     assert (await proxy.tick()).stopped == []
-    await asyncio.sleep(1.3)
+    clock.advance(61)
     reports = [await proxy.tick() for _ in range(3)]
 
     assert [r.stopped for r in reports] == [["idle-app"], [], []]

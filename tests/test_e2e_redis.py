@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio as aioredis
 
+from clock import ManualClock
 from conftest import url_of
 from harness import SCALINGO_TOKEN, SYSTEM_API, RunningPaastis, scalingo_env, system_headers
 from paastis.config import CommandLine, load_settings
@@ -29,11 +30,16 @@ if TYPE_CHECKING:
 PREFIX = "e2e:paastis:"
 WAIT = 10.0  # seconds: the bound of every wait on something asynchronous
 
-# A max idle time short enough for a test, long enough that start-up ticks stop nothing.
-SHORT_IDLE = "0.02"  # minutes
-SHORT_IDLE_SECONDS = 1.25
+# Idle times pass on a manual wall clock: a minute's idle time, then `clock.advance(IDLE_PAST)`.
+IDLE = "1"  # minutes
+IDLE_PAST = 61.0  # seconds
 
 StartPaastis = Callable[..., Awaitable[RunningPaastis]]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
@@ -87,16 +93,18 @@ async def get_json(proxy: RunningPaastis, path: str) -> Any:
 
 
 async def test_idle_app_is_stopped_exactly_once_by_three_instances_ticking(
-    scalingo, redis_db: RedisDatabase, paastis
+    scalingo, redis_db: RedisDatabase, paastis, clock
 ):
     emulator, api_url = scalingo
     emulator.add_app("idle")
     proxies = await start_three(
-        paastis, redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=SHORT_IDLE)
+        paastis,
+        redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=IDLE),
+        wall_clock=clock.wall,
     )
     await settle(proxies)
     assert await proxies[0].server.registry.get("idle") is not None
-    await asyncio.sleep(SHORT_IDLE_SECONDS)
+    clock.advance(IDLE_PAST)
 
     reports = []
     for _ in range(3):  # all three at the same time, then one after the other
@@ -133,16 +141,18 @@ async def test_sleeping_app_is_started_once_by_concurrent_requests_through_three
 
 
 async def test_every_instance_lists_the_same_stop_and_start_events(
-    scalingo, redis_db: RedisDatabase, upstream_factory, paastis
+    scalingo, redis_db: RedisDatabase, upstream_factory, paastis, clock
 ):
     emulator, api_url = scalingo
     _upstream, upstream_server = await upstream_factory("story")
     emulator.add_app("story", base_url=url_of(upstream_server))
     a, b, c = await start_three(
-        paastis, redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=SHORT_IDLE)
+        paastis,
+        redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=IDLE),
+        wall_clock=clock.wall,
     )
     await settle([a, b, c])
-    await asyncio.sleep(SHORT_IDLE_SECONDS)
+    clock.advance(IDLE_PAST)
     assert (await a.tick()).stopped == ["story"]
     async with b.get("story.example.net") as response:
         assert response.status == 200
@@ -157,19 +167,21 @@ async def test_every_instance_lists_the_same_stop_and_start_events(
 
 
 async def test_instance_that_did_not_stop_the_app_wakes_it_on_the_next_request(
-    scalingo, redis_db: RedisDatabase, upstream_factory, paastis
+    scalingo, redis_db: RedisDatabase, upstream_factory, paastis, clock
 ):
     emulator, api_url = scalingo
     _upstream, upstream_server = await upstream_factory("shared")
     emulator.add_app("shared", base_url=url_of(upstream_server))
     a, b, c = await start_three(
-        paastis, redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=SHORT_IDLE)
+        paastis,
+        redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=IDLE),
+        wall_clock=clock.wall,
     )
     await settle([a, b, c])
     async with b.get("shared.example.net") as response:  # B knows the app, running
         assert response.status == 200
         assert "X-Paastis-Cold-Start" not in response.headers
-    await asyncio.sleep(SHORT_IDLE_SECONDS)
+    clock.advance(IDLE_PAST)
     assert (await a.tick()).stopped == ["shared"]
     provider_calls = len(emulator.log)
 
@@ -186,17 +198,18 @@ async def test_instance_that_did_not_stop_the_app_wakes_it_on_the_next_request(
 
 
 async def test_request_on_another_instance_during_a_stop_waits_for_it_then_wakes_the_app(
-    scalingo, redis_db: RedisDatabase, upstream_factory, paastis
+    scalingo, redis_db: RedisDatabase, upstream_factory, paastis, clock
 ):
     emulator, api_url = scalingo
     _upstream, upstream_server = await upstream_factory("racy")
     emulator.add_app("racy", base_url=url_of(upstream_server))
+    env = redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=IDLE)
     a, b = (
-        await paastis(redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=SHORT_IDLE)),
-        await paastis(redis_env(api_url, redis_db.url, START_AND_STOP_MAX_IDLE_TIME=SHORT_IDLE)),
+        await paastis(env, wall_clock=clock.wall),
+        await paastis(env, wall_clock=clock.wall),
     )
     await settle([a, b])
-    await asyncio.sleep(SHORT_IDLE_SECONDS)
+    clock.advance(IDLE_PAST)
     emulator.boot_delay = 1.0  # A's stop takes a second
     stopping = asyncio.ensure_future(a.tick())
 
@@ -365,6 +378,7 @@ async def test_redis_killed_mid_traffic_fails_no_request_and_stops_nothing_until
     _upstream, upstream_server = await upstream_factory("busy")
     emulator.add_app("busy", base_url=url_of(upstream_server))
     emulator.add_app("idle")
+    # Real time: the test compares the stamps of real traffic with when it was sent.
     rules = "rules:\n  - pattern: '^idle$'\n    app_max_idle_time: 0.005\n"  # 0.3 s
     proxy = await paastis(redis_env(api_url, server.url), rules=rules)
     store = redis_client(server.url)

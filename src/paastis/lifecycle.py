@@ -13,13 +13,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 
 from paastis import events
 from paastis.catalog import AppCatalog
+from paastis.clock import MonotonicClock, WallClock, utc_now
 from paastis.events import EventLog
 from paastis.hooks import Hooks
 from paastis.metrics import Metrics
@@ -108,7 +109,8 @@ class Lifecycle:
         upstream: UpstreamPolicy,
         http: aiohttp.ClientSession,
         metrics: Metrics,
-        clock: Callable[[], float] = time.monotonic,
+        clock: MonotonicClock = time.monotonic,
+        wall_clock: WallClock = utc_now,
     ) -> None:
         self.provider = provider
         self.registry = registry
@@ -121,6 +123,7 @@ class Lifecycle:
         self._http = http
         self._metrics = metrics
         self._clock = clock
+        self._wall_clock = wall_clock
         self._wakes: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -130,11 +133,15 @@ class Lifecycle:
         self._stopping: set[str] = set()
         event_log.subscribe(self._on_event)
 
+    def now(self) -> datetime:
+        """The wall clock's time (UTC): what last accesses and idle times are measured on."""
+        return self._wall_clock()
+
     # --- the hot path's helpers -------------------------------------------------------------
 
     def touch(self, app_name: str, linked_apps: Iterable[str] = ()) -> None:
         """Stamps the app and its linked apps (last access = now); never waits on I/O."""
-        now = datetime.now(UTC)
+        now = self.now()
         self.registry.stamp(app_name, now)
         for name in linked_apps:
             self.registry.stamp(name, now)
@@ -373,7 +380,7 @@ class Lifecycle:
         if self.activity.count(app_name):
             return False
         registered = await self.registry.get(app_name)
-        return registered is None or registered.is_idle(datetime.now(UTC))
+        return registered is None or registered.is_idle(self.now())
 
     async def _stop(self, app_name: str) -> bool:
         started = self._clock()
@@ -410,7 +417,7 @@ class Lifecycle:
         return await self._register(app.name, region=app.region)
 
     async def _register(self, app_name: str, *, region: str | None = None) -> bool:
-        now = datetime.now(UTC)
+        now = self.now()
         route = self.rules.resolve(app_name)
         registered = await self.registry.register(
             RunningApp(

@@ -7,10 +7,11 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from croniter import croniter
 
+from paastis.clock import MonotonicClock, WallClock, utc_now
 from paastis.lifecycle import Lifecycle
 from paastis.metrics import Metrics
 from paastis.providers import AppState, ProviderError
@@ -42,8 +43,12 @@ class Scheduler:
         cron: str,
         ignored_apps: frozenset[str],
         metrics: Metrics,
+        clock: MonotonicClock = time.monotonic,
+        wall_clock: WallClock = utc_now,
     ) -> None:
         self._lifecycle = lifecycle
+        self._clock = clock
+        self._wall_clock = wall_clock
         self._cron = cron
         self._ignored = ignored_apps
         self._metrics = metrics
@@ -54,10 +59,10 @@ class Scheduler:
 
     async def run(self) -> None:
         """A tick now, then one per cron occurrence, until `stop()`."""
-        schedule = croniter(self._cron, datetime.now(UTC), second_at_beginning=False)
+        schedule = croniter(self._cron, self._wall_clock(), second_at_beginning=False)
         while not self._stopping.is_set():
             await self.tick()
-            delay = next_delay(schedule)
+            delay = next_delay(schedule, self._wall_clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
@@ -70,14 +75,14 @@ class Scheduler:
         if self._lock.locked():
             return TickReport(skipped="the previous tick is still running")
         async with self._lock:
-            started = time.monotonic()
+            started = self._clock()
             try:
                 return await self._tick()
             except Exception:
                 log.exception("scheduler tick failed")
                 return TickReport(skipped="error")
             finally:
-                self._metrics.tick_duration.observe(time.monotonic() - started)
+                self._metrics.tick_duration.observe(self._clock() - started)
 
     async def _tick(self) -> TickReport:
         lifecycle = self._lifecycle
@@ -138,13 +143,12 @@ class Scheduler:
             if app is not None and await lifecycle.register(app):
                 report.registered.append(name)
             return False
-        return registered.is_idle(datetime.now(UTC)) and not lifecycle.activity.count(name)
+        return registered.is_idle(self._wall_clock()) and not lifecycle.activity.count(name)
 
 
-def next_delay(schedule: croniter) -> float:
-    """Seconds until the next cron occurrence (croniter keeps its own position)."""
+def next_delay(schedule: croniter, now: datetime) -> float:
+    """Seconds from `now` until the next cron occurrence (croniter keeps its own position)."""
     upcoming: datetime = schedule.get_next(datetime)
-    now = datetime.now(UTC)
     while upcoming <= now:  # a slow tick may have passed occurrences: skip them
         upcoming = schedule.get_next(datetime)
     return (upcoming - now).total_seconds()

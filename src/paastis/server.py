@@ -10,13 +10,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from paastis.catalog import AppCatalog
+from paastis.clock import WallClock, utc_now
 from paastis.config import ProviderSettings, Settings
 from paastis.dashboard import dashboard_response
 from paastis.events import EventLog, InMemoryEventLog
@@ -66,10 +66,15 @@ class Deadline:
 
 class Server:
     def __init__(
-        self, settings: Settings, *, provider_tuning: Mapping[str, Any] | None = None
+        self,
+        settings: Settings,
+        *,
+        provider_tuning: Mapping[str, Any] | None = None,
+        wall_clock: WallClock = utc_now,
     ) -> None:
         self.settings = settings
         self.provider_tuning = provider_tuning
+        self._wall_clock = wall_clock
         self.shutting_down = False
         self.main_port: int | None = None
         self.admin_port: int | None = None
@@ -153,7 +158,11 @@ class Server:
         self._on_close(stack, "upstream connections", self.upstream_pool.close)
         self.proxy = self._build_proxy()
         self.scheduler = Scheduler(
-            lifecycle=self.lifecycle, cron=s.cron, ignored_apps=s.ignored_apps, metrics=self.metrics
+            lifecycle=self.lifecycle,
+            cron=s.cron,
+            ignored_apps=s.ignored_apps,
+            metrics=self.metrics,
+            wall_clock=self._wall_clock,
         )
         if s.admin_port is not None:
             admin = await Listener.open(self._admin, s.admin_host, s.admin_port)
@@ -190,6 +199,7 @@ class Server:
             upstream=UpstreamPolicy(s.upstream_url_template, s.readiness_path),
             http=self.upstream_http,
             metrics=self.metrics,
+            wall_clock=self._wall_clock,
         )
 
     def _build_proxy(self) -> Proxy:
@@ -291,7 +301,7 @@ class Server:
     async def _stamp_open_connections(self) -> None:
         while True:
             await asyncio.sleep(ACTIVITY_STAMP_INTERVAL)
-            now = datetime.now(UTC)
+            now = self.lifecycle.now()
             for app in self.lifecycle.activity.apps():
                 self.registry.stamp(app, now)
 
