@@ -96,7 +96,7 @@ async def test_sleeping_app_is_woken_once_by_twenty_concurrent_requests(
 
     answers = await asyncio.gather(*(one(i) for i in range(20)))
 
-    assert emulator.count("POST", "instances", app_id) == 1
+    assert emulator.count("instances", method="POST", app=app_id) == 1
     assert [status for status, _, _ in answers] == [200] * 20
     assert sorted(body["path"] for _, body, _ in answers) == sorted(
         f"/items/{i}" for i in range(20)
@@ -128,8 +128,8 @@ async def test_api_token_against_the_bridge_wakes_an_app(
     assert response.status == 200
     assert response.headers["X-Paastis-Cold-Start"] == "true"
     assert body["app"] == "bridged"
-    assert emulator.count("POST", "instances", app_id) == 1
-    assert all(call.status != 401 for call in emulator.calls)
+    assert emulator.count("instances", method="POST", app=app_id) == 1
+    assert all(call.status != 401 for call in emulator.log)
 
 
 async def test_discovery_registers_running_apps_of_the_personal_space_and_organisations(
@@ -144,8 +144,8 @@ async def test_discovery_registers_running_apps_of_the_personal_space_and_organi
 
     assert report.listed == 3
     assert await registered_names(proxy) == ["front", "team-api"]
-    assert emulator.count("GET", "summary") >= 1
-    assert emulator.count("GET", "instances") == 0, "the summary alone tells who runs"
+    assert emulator.count("summary", method="GET") >= 1
+    assert emulator.count("instances", method="GET") == 0, "the summary alone tells who runs"
 
 
 async def test_idle_app_is_stopped_once_after_its_max_idle_time_with_hooks_in_order(
@@ -174,8 +174,8 @@ async def test_idle_app_is_stopped_once_after_its_max_idle_time_with_hooks_in_or
     reports = [await proxy.tick() for _ in range(3)]
 
     assert [r.stopped for r in reports] == [["idle-app"], [], []]
-    assert emulator.count("DELETE", "instances", idle_id) == 1
-    assert emulator.count("DELETE", "instances", busy_id) == 0
+    assert emulator.count("instances", method="DELETE", app=idle_id) == 1
+    assert emulator.count("instances", method="DELETE", app=busy_id) == 0
     assert emulator.apps[idle_id].state == "SHOULD_BE_DOWN"
     assert emulator.apps[busy_id].state == "SHOULD_BE_UP"
     assert hook_log.read_text().splitlines() == [
@@ -199,7 +199,7 @@ async def test_app_stopped_when_idle_runs_its_instances_again_on_the_next_reques
         assert response.status == 200
         assert response.headers["X-Paastis-Cold-Start"] == "true"
     assert [i["state"] for i in emulator.apps[app_id].instances] == ["UP", "UP"]
-    assert emulator.count("POST", "instances", app_id) == 1
+    assert emulator.count("instances", method="POST", app=app_id) == 1
     assert await registered_names(proxy) == ["big"]
 
 
@@ -223,7 +223,7 @@ async def test_requests_land_on_the_favourite_vhost_with_its_path_prefix(
     assert body["raw_path"] == "/prefix/api/items?page=2"
     assert body["headers"]["Host"] == f"127.0.0.1:{upstream_server.port}"
     assert body["headers"]["X-Forwarded-Host"] == "shop.example.net"
-    assert emulator.count("POST", "instances") == 0
+    assert emulator.count("instances", method="POST") == 0
 
 
 async def test_app_addressed_by_its_dns_id_is_woken_and_registered_under_its_name(
@@ -239,7 +239,7 @@ async def test_app_addressed_by_its_dns_id_is_woken_and_registered_under_its_nam
     assert response.status == 200
     assert response.headers["X-Paastis-Cold-Start"] == "true"
     assert body["app"] == "by-id"
-    assert emulator.count("POST", "instances", app_id) == 1
+    assert emulator.count("instances", method="POST", app=app_id) == 1
     assert await registered_names(proxy) == ["by-id"]
 
 
@@ -328,11 +328,11 @@ async def test_wake_survives_a_storm_of_429_on_the_start_call(emulator, start, u
     )
     proxy = await start()
     await proxy.tick()
-    emulator.fail_next("instances", 429, 2, method="POST", retry_after=0)
+    emulator.fail_next("instances", 429, times=2, method="POST", retry_after=0)
 
     async with proxy.get("stormy.example.net") as response:
         assert response.status == 200
-    assert emulator.count("POST", "instances", app_id) == 3  # two refused, one done
+    assert emulator.count("instances", method="POST", app=app_id) == 3  # two refused, one done
     assert emulator.apps[app_id].state == "SHOULD_BE_UP"
 
 
@@ -340,14 +340,14 @@ async def test_tick_survives_a_storm_of_429_on_the_listing(emulator, start):
     proxy = await start()
     await proxy.tick()
     emulator.add_app("front")  # created since that tick
-    listings = emulator.count("GET", "summary")
-    emulator.fail_next("summary", 429, 2, retry_after=0)
+    listings = emulator.count("summary", method="GET")
+    emulator.fail_next("summary", 429, times=2, retry_after=0)
 
     report = await proxy.tick()
 
     assert report.skipped is None
     assert report.registered == ["front"]
-    assert emulator.count("GET", "summary") == listings + 3
+    assert emulator.count("summary", method="GET") == listings + 3
 
 
 async def test_provider_error_on_start_is_502_while_a_running_app_is_served(
@@ -358,7 +358,7 @@ async def test_provider_error_on_start_is_502_while_a_running_app_is_served(
     broken_id = emulator.add_app("broken", state="SHOULD_BE_DOWN")
     proxy = await start()
     await proxy.tick()
-    emulator.fail_next("instances", 500, 10, method="POST")
+    emulator.fail_next("instances", 500, times=10, method="POST")
 
     async def broken():
         async with proxy.get("broken.example.net") as response:

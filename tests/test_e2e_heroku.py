@@ -93,7 +93,7 @@ async def test_sleeping_app_is_woken_once_by_twenty_concurrent_requests(
 
     answers = await asyncio.gather(*(one(i) for i in range(20)))
 
-    assert emulator.count("PATCH", FORMATION, app="review-1") == 1
+    assert emulator.count(method="PATCH", route=FORMATION, app="review-1") == 1
     assert [status for status, _, _ in answers] == [200] * 20
     assert sorted(body["path"] for _, body, _ in answers) == sorted(
         f"/items/{i}" for i in range(20)
@@ -118,9 +118,9 @@ async def test_concurrent_requests_for_an_app_of_unknown_state_ask_its_state_onc
             return response.status
 
     assert await asyncio.gather(*(one() for _ in range(20))) == [200] * 20
-    assert emulator.count("GET", "/apps/{app}", app="fresh") == 1
-    assert emulator.count("GET", "/apps/{app}/dynos", app="fresh") == 1
-    assert emulator.count("PATCH", FORMATION) == 0
+    assert emulator.count(method="GET", route="/apps/{app}", app="fresh") == 1
+    assert emulator.count(method="GET", route="/apps/{app}/dynos", app="fresh") == 1
+    assert emulator.count(method="PATCH", route=FORMATION) == 0
 
 
 async def test_the_first_tick_registers_every_running_app(heroku, start):
@@ -133,7 +133,7 @@ async def test_the_first_tick_registers_every_running_app(heroku, start):
 
     assert (first.listed, first.registered) == (2, ["front"])
     assert [app.name for app in await proxy.server.registry.list()] == ["front"]
-    assert emulator.count("GET", "/apps/{app}/dynos", app="sleepy") == 1
+    assert emulator.count(method="GET", route="/apps/{app}/dynos", app="sleepy") == 1
 
 
 async def test_twenty_apps_are_registered_at_the_first_tick_and_later_ticks_fetch_no_state(
@@ -147,7 +147,7 @@ async def test_twenty_apps_are_registered_at_the_first_tick_and_later_ticks_fetc
     reports = [await proxy.tick()] + [await minute_later(proxy, clock) for _ in range(3)]
 
     assert [len(r.registered) for r in reports] == [20, 0, 0, 0]
-    assert emulator.count("GET", "/apps/{app}/dynos") == 20
+    assert emulator.count(method="GET", route="/apps/{app}/dynos") == 20
     assert len(await proxy.server.registry.list()) == 20
 
 
@@ -175,8 +175,8 @@ async def test_idle_app_is_stopped_once_after_its_max_idle_time_with_hooks_in_or
     reports = [await proxy.tick() for _ in range(3)]
 
     assert [r.stopped for r in reports] == [["idle-app"], [], []]
-    assert emulator.count("PATCH", FORMATION, app="idle-app") == 1
-    assert emulator.count("PATCH", FORMATION, app="busy-app") == 0
+    assert emulator.count(method="PATCH", route=FORMATION, app="idle-app") == 1
+    assert emulator.count(method="PATCH", route=FORMATION, app="busy-app") == 0
     assert emulator.apps["idle-app"].formation == {"web": 0}
     assert emulator.dyno_states("busy-app") == [("web", "up")]
     assert hook_log.read_text().splitlines() == [
@@ -199,7 +199,7 @@ async def test_formation_is_restored_after_stop_and_wake(heroku, start, clock, u
         assert response.status == 200
         assert response.headers["X-Paastis-Cold-Start"] == "true"
     assert emulator.apps["big"].formation == {"web": 2, "worker": 1}
-    assert emulator.count("PATCH", FORMATION, app="big") == 2
+    assert emulator.count(method="PATCH", route=FORMATION, app="big") == 2
 
 
 async def test_requests_land_on_the_apps_web_url(heroku, start, upstream_factory):
@@ -218,7 +218,7 @@ async def test_requests_land_on_the_apps_web_url(heroku, start, upstream_factory
     assert body["raw_path"] == "/api/items?page=2"
     assert body["headers"]["Host"] == f"127.0.0.1:{upstream_server.port}"
     assert body["headers"]["X-Forwarded-Host"] == "shop.example.net"
-    assert emulator.count("PATCH", FORMATION) == 0
+    assert emulator.count(method="PATCH", route=FORMATION) == 0
 
 
 async def test_rejected_token_gives_502_and_a_log_line_without_the_token(
@@ -242,7 +242,7 @@ async def test_rejected_token_gives_502_and_a_log_line_without_the_token(
     assert report.skipped == "listing failed"
     assert "the Heroku credentials were rejected" in caplog.text
     assert WRONG_TOKEN not in caplog.text
-    assert emulator.count("PATCH", FORMATION) == 0
+    assert emulator.count(method="PATCH", route=FORMATION) == 0
 
 
 async def test_paastis_with_the_right_token_serves_beside_one_with_a_rejected_token(
@@ -289,7 +289,9 @@ async def test_wake_survives_a_storm_of_429_on_the_scale_call(heroku, start, ups
 
     async with proxy.get("stormy.example.net") as response:
         assert response.status == 200
-    assert emulator.count("PATCH", FORMATION, app="stormy") == 3  # two refused, one done
+    assert (
+        emulator.count(method="PATCH", route=FORMATION, app="stormy") == 3
+    )  # two refused, one done
     assert emulator.dyno_states("stormy") == [("web", "up")]
 
 
@@ -297,7 +299,7 @@ async def test_tick_survives_a_storm_of_429_on_the_listing(heroku, start, clock)
     emulator, _ = heroku
     proxy = await start()
     await proxy.tick()
-    listings = emulator.count("GET", "/apps")
+    listings = emulator.count(method="GET", route="/apps")
     emulator.add_app("front")
     emulator.fail_next("/apps", 429, times=2, retry_after="0")
 
@@ -305,7 +307,7 @@ async def test_tick_survives_a_storm_of_429_on_the_listing(heroku, start, clock)
 
     assert report.skipped is None
     assert report.registered == ["front"]
-    assert emulator.count("GET", "/apps") == listings + 3
+    assert emulator.count(method="GET", route="/apps") == listings + 3
 
 
 async def test_provider_error_on_start_is_502_while_a_running_app_is_served(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,39 @@ async def test_a_renaming_rule_wakes_its_own_linked_apps(scalingo, upstream_fact
 
     assert emulator.count("scale", app="my-blog-db") == 1
     assert emulator.status_of("my-blog-db") == "running"
+
+
+async def test_a_wake_forwards_only_once_the_app_answers_though_the_operation_is_done(
+    scalingo, upstream_factory, paastis
+):
+    emulator, api_url = scalingo
+    emulator.container_boot_lag = 0.5  # containers still booting after the operation ends
+    upstream, upstream_server = await upstream_factory("laggy")
+    upstream.booted = lambda: emulator.is_serving("laggy")
+    emulator.add_app("laggy", status="stopped", base_url=url_of(upstream_server))
+    proxy = await paastis(scalingo_env(api_url))
+
+    async with proxy.get("laggy.example.net", "/page") as response:
+        body = await response.json()
+
+    assert response.status == 200 and body["path"] == "/page"
+    assert upstream.refused >= 1, "the readiness check met the booting app first"
+    assert [r["path"] for r in upstream.received] == ["/", "/page"]  # readiness, then the request
+
+
+async def test_a_wake_forwards_only_once_the_provider_agrees_though_the_app_answers(
+    scalingo, upstream_factory, paastis
+):
+    emulator, api_url = scalingo
+    emulator.boot_delay = 0.6
+    _upstream, upstream_server = await upstream_factory("early")  # answers from the start
+    emulator.add_app("early", status="stopped", base_url=url_of(upstream_server))
+    proxy = await paastis(scalingo_env(api_url))
+    began = time.monotonic()
+
+    async with proxy.get("early.example.net") as response:
+        assert response.status == 200
+
+    # The upstream answered at once, yet the request waited for the operation to be done.
+    assert time.monotonic() - began >= 0.6
+    assert emulator.status_of("early") == "running"

@@ -1,4 +1,9 @@
-"""An emulator of the Clever Cloud API (v2) for the tests: OAuth/Bearer auth, apps, deployments."""
+"""An emulator of the Clever Cloud API (v2) for the tests: OAuth/Bearer auth, apps, deployments.
+
+Routes (for `count()` and `fail_next()`, see emulators/base.py) have short names, the same on
+/self and /organisations paths: summary, applications, application, instances, deployments,
+deployment, vhosts, favourite. The app of a call is the app id in its path.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,15 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+from emulators.base import Emulator
 
+BRIDGE = web.AppKey("bridge", bool)
 SELF_PREFIX = "/v2/self"
 ORGA_PREFIX = "/v2/organisations/{owner}"
 
@@ -52,27 +57,7 @@ class EmulatedApp:
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Call:
-    """One request the emulator received."""
-
-    method: str
-    path: str
-    route: str | None  # summary, applications, application, instances, deployments, ...
-    app_id: str | None
-    status: int
-
-
-@dataclass
-class _Failure:
-    route: str
-    status: int
-    times: int
-    method: str | None
-    retry_after: str | None
-
-
-class CleverEmulator:
+class CleverEmulator(Emulator):
     """The Clever Cloud API: `web_app()` is the OAuth API, `web_app(bridge=True)` the Bearer one.
 
     Both share the same account. POST instances redeploys: the deployment stays WIP for
@@ -93,21 +78,19 @@ class CleverEmulator:
         instance_up_delay: float = 0.0,
         vhosts_in_app: bool = True,
     ) -> None:
+        super().__init__(boot_delay=boot_delay)
         self.consumer_key = consumer_key
         self.consumer_secret = consumer_secret
         self.token = token
         self.token_secret = token_secret
         self.api_token = api_token
         self.user_id = user_id or f"user_{uuid.uuid4()}"
-        self.boot_delay = boot_delay
         self.instance_up_delay = instance_up_delay
         self.fail_deployments = False
         # Whether GET app carries `vhosts` (the real one does); False forces GET …/vhosts.
         self.vhosts_in_app = vhosts_in_app
         self.orgs: dict[str, str] = {}  # id -> name
         self.apps: dict[str, EmulatedApp] = {}
-        self.calls: list[Call] = []
-        self._failures: list[_Failure] = []
 
     # Arrange
 
@@ -154,40 +137,18 @@ class CleverEmulator:
         self.apps[app_id] = app
         return app_id
 
-    def fail_next(
-        self,
-        route: str,
-        status: int,
-        times: int = 1,
-        *,
-        method: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        """The next `times` requests to `route` (e.g. "summary", "deployment") get `status`."""
-        header = None if retry_after is None else f"{retry_after:g}"
-        self._failures.append(_Failure(route, status, times, method, header))
-
-    # Assert
-
-    def count(
-        self, method: str | None = None, route: str | None = None, app_id: str | None = None
-    ) -> int:
-        return sum(
-            1
-            for c in self.calls
-            if method in (None, c.method)
-            and route in (None, c.route)
-            and app_id in (None, c.app_id)
-        )
+    def is_serving(self, app_id: str) -> bool:
+        return any(i["state"] == "UP" for i in self.apps[app_id].instances)
 
     # Serve
 
     def web_app(self, *, bridge: bool = False) -> web.Application:
         """The OAuth API (api.clever-cloud.com), or with `bridge` the Bearer one (api-bridge)."""
-        app = web.Application(middlewares=[self._middleware(bridge)])
+        app = self.web_application()
+        app[BRIDGE] = bridge
         app.router.add_get("/v2/summary", self._summary)
         for prefix in (SELF_PREFIX, ORGA_PREFIX):
-            base = prefix + "/applications/{app_id}"
+            base = prefix + "/applications/{app}"
             app.router.add_get(prefix + "/applications", self._list)
             app.router.add_get(base, self._get)
             app.router.add_get(base + "/instances", self._get_instances)
@@ -200,44 +161,16 @@ class CleverEmulator:
         app.on_cleanup.append(self._cancel_timers)
         return app
 
-    def _middleware(self, bridge: bool) -> Callable[[web.Request, Handler], Awaitable[Any]]:
-        @web.middleware
-        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            route = _route_name(request)
-            status = 500
-            try:
-                failure = self._take_failure(route, request.method)
-                if failure is not None:
-                    headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
-                    response: web.StreamResponse = _error(failure.status, "injected", headers)
-                elif not self._authorised(request.headers.get("Authorization", ""), bridge):
-                    response = _error(401, "Not logged in or invalid credentials")
-                else:
-                    response = await handler(request)
-                status = response.status
-                return response
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
-            finally:
-                self.calls.append(
-                    Call(
-                        request.method,
-                        request.path,
-                        route,
-                        request.match_info.get("app_id"),
-                        status,
-                    )
-                )
+    def route_of(self, request: web.Request) -> str:
+        return _route_name(request) or "unknown"
 
-        return middleware
+    def default_fault_body(self, status: int) -> Any:
+        return {"id": status, "message": "injected", "type": "error"}
 
-    def _take_failure(self, route: str | None, method: str) -> _Failure | None:
-        for failure in self._failures:
-            if failure.route == route and failure.method in (None, method) and failure.times > 0:
-                failure.times -= 1
-                return failure
-        return None
+    async def guard(self, request: web.Request, route: str) -> web.StreamResponse | None:
+        if self._authorised(request.headers.get("Authorization", ""), request.app[BRIDGE]):
+            return None
+        return _error(401, "Not logged in or invalid credentials")
 
     def _authorised(self, header: str, bridge: bool) -> bool:
         if bridge:
@@ -262,7 +195,7 @@ class CleverEmulator:
 
     def _lookup(self, request: web.Request) -> EmulatedApp:
         """The app named in the path, if its owner matches the path's owner."""
-        app = self.apps.get(request.match_info["app_id"])
+        app = self.apps.get(request.match_info["app"])
         owner = request.match_info.get("owner")
         if app is not None:
             if owner is not None and app.owner == owner and owner in self.orgs:
@@ -475,7 +408,7 @@ _ROUTE_SUFFIXES = (
     ("/deployments/{uuid}", "deployment"),
     ("/deployments", "deployments"),
     ("/instances", "instances"),
-    ("/applications/{app_id}", "application"),
+    ("/applications/{app}", "application"),
     ("/applications", "applications"),
     ("/v2/summary", "summary"),
 )

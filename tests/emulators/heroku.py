@@ -6,11 +6,12 @@ Arrange and inspect through `HerokuEmulator`:
     emulator.add_app("my-app", formation={"web": 2, "worker": 1})
     server = await aiohttp_server(emulator.app())
     ...
-    emulator.count("PATCH", "/apps/{app}/formation", app="my-app")
+    emulator.count("/apps/{app}/formation", method="PATCH", app="my-app")
     emulator.fail_next("/apps", 500, times=3)    # the next 3 GET /apps answer 500
 
-Routes are named by their templates: `/apps`, `/apps/{app}`, `/apps/{app}/formation`,
-`/apps/{app}/formation/{type}`, `/apps/{app}/dynos`, `/account/rate-limits`.
+Routes (for `count()` and `fail_next()`, see emulators/base.py) are named by their templates:
+`/apps`, `/apps/{app}`, `/apps/{app}/formation`, `/apps/{app}/formation/{type}`,
+`/apps/{app}/dynos`, `/account/rate-limits`.
 
 Time comes from `clock` (default: the event loop's clock), read lazily on each request, so
 no background task or thread runs: dynos turn `up` when a request looks at them after their
@@ -20,19 +21,19 @@ clock to simulate an hour in a second.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import json
 import re
 import secrets
 import uuid
-from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+
+from emulators.base import Clock, Emulator
 
 ACCEPT = "application/vnd.heroku+json; version=3"
 DEFAULT_PAGE_SIZE = 200
@@ -45,13 +46,6 @@ RANGE_PATTERN = re.compile(
 )
 QUANTITY_PATTERN = re.compile(r"^[+-]?\d+$")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Clock = Callable[[], float]
-
-
-def _loop_clock() -> float:
-    return asyncio.get_running_loop().time()
-
 
 def _iso(moment: datetime | None) -> str | None:
     if moment is None:
@@ -63,8 +57,9 @@ def _error(status: int, error_id: str, message: str, **extra: Any) -> web.Respon
     return web.json_response({"id": error_id, "message": message, **extra}, status=status)
 
 
-class _AppMissing(Exception):
-    """Raised by a handler for an unknown app; answered 404 `not_found`."""
+def _app_missing() -> web.HTTPNotFound:
+    body = {"resource": "app", "id": "not_found", "message": "Couldn't find that app."}
+    return web.HTTPNotFound(text=json.dumps(body), content_type="application/json")
 
 
 @dataclass
@@ -98,16 +93,6 @@ class EmulatedApp:
     released_at: datetime | None = field(default_factory=lambda: datetime.now(UTC))
     dynos: list[EmulatedDyno] = field(default_factory=list)
     formation_ids: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class InjectedFailure:
-    method: str | None
-    status: int
-    remaining: int
-    retry_after: str | None
-    body: dict[str, Any] | None
-    skip: int = 0  # matching requests let through before the failures begin
 
 
 class RateLimitBucket:
@@ -145,7 +130,7 @@ class RateLimitBucket:
         return True
 
 
-class HerokuEmulator:
+class HerokuEmulator(Emulator):
     """State and call log of one emulated Heroku account."""
 
     def __init__(
@@ -158,21 +143,11 @@ class HerokuEmulator:
         rate_limit_per_minute: float = 75,
         clock: Clock | None = None,
     ) -> None:
+        super().__init__(boot_delay=boot_delay, clock=clock)
         self.token = token
-        self.boot_delay = boot_delay
         self.max_page_size = max_page_size
-        self.clock: Clock = clock or _loop_clock
-        self.rate_limit = RateLimitBucket(rate_limit_capacity, rate_limit_per_minute, self._now)
+        self.rate_limit = RateLimitBucket(rate_limit_capacity, rate_limit_per_minute, self.now)
         self.apps: dict[str, EmulatedApp] = {}
-        # (method, route) -> calls, and (app name, method, route) -> calls.
-        self.calls: Counter[tuple[str, str]] = Counter()
-        self.app_calls: Counter[tuple[str, str, str]] = Counter()
-        # (clock time, method, route, app name or None) of every request, in order.
-        self.log: list[tuple[float, str, str, str | None]] = []
-        self._failures: dict[str, list[InjectedFailure]] = {}
-
-    def _now(self) -> float:
-        return self.clock()
 
     # -- arrange ---------------------------------------------------------------------------
 
@@ -199,50 +174,22 @@ class HerokuEmulator:
         for process_type, quantity in quantities.items():
             app.formation[process_type] = 0
             app.formation_ids[process_type] = str(uuid.uuid4())
-            up_at = float("-inf") if booted else self._now() + self.boot_delay
+            up_at = float("-inf") if booted else self.now() + self.boot_delay
             self._scale(app, process_type, quantity, up_at=up_at)
         self.apps[name] = app
         return app
 
-    def fail_next(
-        self,
-        route: str,
-        status: int,
-        *,
-        times: int = 1,
-        method: str | None = None,
-        retry_after: str | None = None,
-        body: dict[str, Any] | None = None,
-        skip: int = 0,
-    ) -> None:
-        """The next `times` requests to `route` (any method unless given) answer `status`,
-        after `skip` matching requests that succeed (e.g. to fail a second page)."""
-        failure = InjectedFailure(method, status, times, retry_after, body, skip)
-        self._failures.setdefault(route, []).append(failure)
-
-    # -- inspect ---------------------------------------------------------------------------
-
-    def count(self, method: str, route: str, *, app: str | None = None) -> int:
-        if app is None:
-            return self.calls[(method, route)]
-        return self.app_calls[(app, method, route)]
-
-    def last_call_times(self, method: str, route: str) -> dict[str, float]:
-        """Per app, the clock time of its latest `method route` request."""
-        return {app: at for at, m, r, app in self.log if m == method and r == route and app}
-
-    @property
-    def total_calls(self) -> int:
-        return sum(self.calls.values())
-
     def dyno_states(self, name: str) -> list[tuple[str, str]]:
-        now = self._now()
+        now = self.now()
         return [(dyno.type, dyno.state(now)) for dyno in self.apps[name].dynos]
+
+    def is_serving(self, name: str) -> bool:
+        return ("web", "up") in self.dyno_states(name)
 
     # -- server ----------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        application = web.Application(middlewares=[self._middleware])
+        application = self.web_application()
         application.router.add_get("/apps", self._list_apps)
         application.router.add_get("/apps/{app}", self._get_app)
         application.router.add_get("/apps/{app}/formation", self._list_formation)
@@ -253,24 +200,17 @@ class HerokuEmulator:
         application.router.add_get("/account/rate-limits", self._rate_limits)
         return application
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = request.match_info.route.resource
-        template = route.canonical if route is not None else request.path
-        response = await self._guarded(request, handler, template)
+    def route_of(self, request: web.Request) -> str:
+        resource = request.match_info.route.resource
+        return resource.canonical if resource is not None else request.path
+
+    def default_fault_body(self, status: int) -> Any:
+        return {"id": "internal", "message": "Injected failure."}
+
+    def finish(self, response: web.StreamResponse) -> None:
         response.headers["RateLimit-Remaining"] = str(int(self.rate_limit.tokens))
-        return response
 
-    async def _guarded(
-        self, request: web.Request, handler: Handler, template: str
-    ) -> web.StreamResponse:
-        app_ref = request.match_info.get("app")
-        app = self._find(app_ref) if app_ref else None
-        self.calls[(request.method, template)] += 1
-        if app_ref is not None:
-            self.app_calls[(app.name if app else app_ref, request.method, template)] += 1
-        self.log.append((self._now(), request.method, template, app.name if app else app_ref))
-
+    async def guard(self, request: web.Request, route: str) -> web.StreamResponse | None:
         if request.headers.get("Accept", "") != ACCEPT:
             return _error(
                 406,
@@ -281,26 +221,14 @@ class HerokuEmulator:
         if not self._authorized(request.headers.get("Authorization", "")):
             return _error(401, "unauthorized", "Invalid credentials provided.")
         # Real Heroku does not charge the rate-limit endpoint against the limit.
-        if template != "/account/rate-limits" and not self.rate_limit.take():
+        if route != "/account/rate-limits" and not self.rate_limit.take():
             return _error(
                 429,
                 "rate_limit",
                 "Your account reached the API rate limit. Please wait a few minutes before "
                 "making new requests.",
             )
-        failure = self._take_failure(template, request.method)
-        if failure is not None:
-            response = web.json_response(
-                failure.body or {"id": "internal", "message": "Injected failure."},
-                status=failure.status,
-            )
-            if failure.retry_after is not None:
-                response.headers["Retry-After"] = failure.retry_after
-            return response
-        try:
-            return await handler(request)
-        except _AppMissing:
-            return _error(404, "not_found", "Couldn't find that app.", resource="app")
+        return None
 
     def _authorized(self, header: str) -> bool:
         scheme, _, credentials = header.partition(" ")
@@ -315,16 +243,6 @@ class HerokuEmulator:
             return secrets.compare_digest(password, self.token)
         return False
 
-    def _take_failure(self, route: str, method: str) -> InjectedFailure | None:
-        for failure in self._failures.get(route, []):
-            if failure.remaining > 0 and failure.method in (None, method):
-                if failure.skip > 0:
-                    failure.skip -= 1
-                    return None
-                failure.remaining -= 1
-                return failure
-        return None
-
     def _find(self, ref: str) -> EmulatedApp | None:
         if ref in self.apps:
             return self.apps[ref]
@@ -333,7 +251,7 @@ class HerokuEmulator:
     def _app_or_404(self, request: web.Request) -> EmulatedApp:
         app = self._find(request.match_info["app"])
         if app is None:
-            raise _AppMissing
+            raise _app_missing()
         return app
 
     # -- handlers --------------------------------------------------------------------------
@@ -406,7 +324,7 @@ class HerokuEmulator:
                 return _error(422, "invalid_params", "Invalid params: quantity.")
             planned.append((process_type, quantity))
         for process_type, quantity in planned:
-            self._scale(app, process_type, quantity, up_at=self._now() + self.boot_delay)
+            self._scale(app, process_type, quantity, up_at=self.now() + self.boot_delay)
         return web.json_response([self._formation_json(app, t) for t in app.formation])
 
     async def _update_formation(self, request: web.Request) -> web.StreamResponse:
@@ -419,12 +337,12 @@ class HerokuEmulator:
         quantity = self._quantity(app, process_type, raw)
         if quantity is None:
             return _error(422, "invalid_params", "Invalid params: quantity.")
-        self._scale(app, process_type, quantity, up_at=self._now() + self.boot_delay)
+        self._scale(app, process_type, quantity, up_at=self.now() + self.boot_delay)
         return web.json_response(self._formation_json(app, process_type))
 
     async def _list_dynos(self, request: web.Request) -> web.StreamResponse:
         app = self._app_or_404(request)
-        now = self._now()
+        now = self.now()
         return web.json_response([self._dyno_json(app, dyno, now) for dyno in app.dynos])
 
     async def _rate_limits(self, request: web.Request) -> web.StreamResponse:

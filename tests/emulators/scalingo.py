@@ -10,8 +10,9 @@ One `web.Application` serves both hosts (tests pass the same base URL as `api_ur
     emulator.count("scale", app="my-app")       # POST /scale calls for that app
     emulator.fail_next("list_apps", 500)        # the next GET /v1/apps answers 500
 
-Route names (the keys of `calls`, `count()` and `fail_next()`) match the adapter's operation
-names: exchange_token, regions, list_apps, get_app, ps, containers, scale, operation.
+Route names (for `count()` and `fail_next()`, see emulators/base.py) match the adapter's
+operation names: exchange_token, regions, list_apps, get_app, ps, containers, scale, restart,
+operation, autoscalers, autoscaler.
 
 Time: scale operations and busy periods use the event loop's clock (`loop.time()`) and are
 advanced lazily on each request, so no background task runs. JWT `exp` is wall-clock epoch
@@ -26,18 +27,18 @@ import binascii
 import json
 import secrets
 import time
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from emulators.base import Emulator
+
 BUSY_STATUSES = frozenset({"scaling", "restarting", "booting"})
 MAX_CONTAINERS_PER_TYPE = 10
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REGION = web.AppKey("region", str | None)
 
 
@@ -168,28 +169,7 @@ class EmulatedApp:
         return "running" if now >= container.ready_at else "booting"
 
 
-@dataclass(frozen=True)
-class EmulatedCall:
-    """One request the emulator received."""
-
-    method: str
-    path: str
-    route: str
-    app: str | None
-    at: float  # loop time
-    status: int = 0
-
-
-@dataclass
-class InjectedFailure:
-    route: str
-    status: int
-    body: Any
-    times: int
-    app: str | None
-
-
-class ScalingoEmulator:
+class ScalingoEmulator(Emulator):
     """The state behind the emulated Scalingo APIs, and the knobs the tests turn."""
 
     def __init__(
@@ -200,14 +180,17 @@ class ScalingoEmulator:
         token_lifetime: float = 3600.0,
         boot_delay: float = 0.0,
         rate_limit_per_minute: int | None = None,
+        rate_limit_window: float = 60.0,
         unknown_type_status: int = 404,
         container_boot_lag: float = 0.0,
     ) -> None:
+        super().__init__(boot_delay=boot_delay)
         self.region = region
         self.valid_tokens: set[str] = set(valid_tokens)
         self.token_lifetime = token_lifetime
-        self.boot_delay = boot_delay
+        # "60 requests per minute": at most this many accepted in any `rate_limit_window`.
         self.rate_limit_per_minute = rate_limit_per_minute
+        self.rate_limit_window = rate_limit_window
         # Scalingo's answer to an unknown container type is ambiguous (404 or 422).
         self.unknown_type_status = unknown_type_status
         # Seconds new containers stay `booting` in /ps after their operation is done.
@@ -215,9 +198,6 @@ class ScalingoEmulator:
         self.apps: dict[str, EmulatedApp] = {}
         self.operations: dict[str, EmulatedOperation] = {}
         self.issued_jwts: dict[str, float] = {}  # JWT -> exp (epoch seconds)
-        self.calls: Counter[str] = Counter()
-        self.log: list[EmulatedCall] = []
-        self._failures: list[InjectedFailure] = []
         self._accepted_at: deque[float] = deque()
 
     # -- arrange ------------------------------------------------------------------------
@@ -261,24 +241,6 @@ class ScalingoEmulator:
         self.apps[name] = app
         return app
 
-    def fail_next(
-        self,
-        route: str,
-        status: int = 500,
-        body: Any = None,
-        *,
-        times: int = 1,
-        app: str | None = None,
-    ) -> None:
-        """The next `times` requests to `route` (for `app`, when given) get `status`.
-
-        A str body is sent as text/plain, anything else as JSON. The default body is
-        Scalingo's: plain-text `Retry later` for 429, `{"error": ...}` otherwise.
-        """
-        if body is None:
-            body = "Retry later" if status == 429 else {"error": _default_error(status)}
-        self._failures.append(InjectedFailure(route, status, body, times, app))
-
     def add_autoscaler(
         self, name: str, container_type: str = "web", *, min_containers: int = 2,
         max_containers: int = 4, disabled: bool = False,
@@ -299,14 +261,6 @@ class ScalingoEmulator:
 
     # -- inspect ------------------------------------------------------------------------
 
-    def count(self, route: str, app: str | None = None) -> int:
-        """Requests received for `route` (optionally for one app), failed ones included."""
-        return sum(1 for c in self.log if c.route == route and app in (None, c.app))
-
-    def statuses(self, route: str, app: str | None = None) -> list[int]:
-        """The statuses answered to `route`, in order."""
-        return [c.status for c in self.log if c.route == route and app in (None, c.app)]
-
     def web_states(self, name: str) -> list[str]:
         """The current `/ps` states of the app's web containers."""
         app = self._refreshed(name)
@@ -314,6 +268,10 @@ class ScalingoEmulator:
 
     def status_of(self, name: str) -> str:
         return self._refreshed(name).status
+
+    def is_serving(self, name: str) -> bool:
+        states = self.web_states(name)
+        return bool(states) and all(state == "running" for state in states)
 
     # -- the web application ------------------------------------------------------------
 
@@ -328,7 +286,7 @@ class ScalingoEmulator:
 
     def app(self, region: str | None = None) -> web.Application:
         """The emulated API; with `region`, a regional API serving that region's apps only."""
-        application = web.Application(middlewares=[self._middleware])
+        application = self.web_application()
         application[REGION] = region
         r = application.router
         r.add_post("/v1/tokens/exchange", self._exchange, name="exchange_token")
@@ -346,41 +304,30 @@ class ScalingoEmulator:
         )
         return application
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = request.match_info.route.name or "unknown"
-        app = request.match_info.get("app")
+    def route_of(self, request: web.Request) -> str:
+        return request.match_info.route.name or "unknown"
+
+    def default_fault_body(self, status: int) -> Any:
+        # Scalingo's: plain-text `Retry later` for 429, `{"error": ...}` otherwise.
+        return "Retry later" if status == 429 else {"error": _default_error(status)}
+
+    async def guard(self, request: web.Request, route: str) -> web.StreamResponse | None:
         now = _now()
-        self.calls[route] += 1
-        index = len(self.log)
-        self.log.append(EmulatedCall(request.method, request.path, route, app, now))
-        response = self._rate_limited(now) or self._injected(route, app)
+        response = self._rate_limited(now)
         if response is None and route not in ("exchange_token", "unknown"):
             response = self._unauthorized(request)
         if response is None:
             self._refresh_all(now)
-            response = await handler(request)
-        call = self.log[index]
-        self.log[index] = EmulatedCall(call.method, call.path, route, app, now, response.status)
         return response
 
     def _rate_limited(self, now: float) -> web.Response | None:
         if self.rate_limit_per_minute is None:
             return None
-        while self._accepted_at and self._accepted_at[0] <= now - 60:
+        while self._accepted_at and self._accepted_at[0] <= now - self.rate_limit_window:
             self._accepted_at.popleft()
         if len(self._accepted_at) >= self.rate_limit_per_minute:
             return web.Response(status=429, text="Retry later")
         self._accepted_at.append(now)
-        return None
-
-    def _injected(self, route: str, app: str | None) -> web.Response | None:
-        for failure in self._failures:
-            if failure.route == route and failure.times > 0 and failure.app in (None, app):
-                failure.times -= 1
-                if isinstance(failure.body, str):
-                    return web.Response(status=failure.status, text=failure.body)
-                return web.json_response(failure.body, status=failure.status)
         return None
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:

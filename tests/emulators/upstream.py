@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
@@ -18,9 +19,13 @@ class UpstreamApp:
     release: asyncio.Event = field(default_factory=asyncio.Event)
     health_status: int = 200
     health_checks: int = 0
+    # Whether the app has booted (e.g. `emulator.is_serving`): until then, every request gets
+    # 503 from the platform's router, as a sleeping or booting app's does.
+    booted: Callable[[], bool] | None = None
+    refused: int = 0
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024**2)
+        app = web.Application(client_max_size=64 * 1024**2, middlewares=[self._router])
         app.router.add_get("/ws", self.websocket)
         app.router.add_get("/stream", self.stream)
         app.router.add_route("*", "/hold", self.hold)
@@ -28,6 +33,13 @@ class UpstreamApp:
         app.router.add_get("/health", self.health)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         return app
+
+    @web.middleware
+    async def _router(self, request: web.Request, handler) -> web.StreamResponse:
+        if self.booted is not None and not self.booted():
+            self.refused += 1
+            return web.Response(status=503, text="application is booting")
+        return await handler(request)
 
     async def echo(self, request: web.Request) -> web.Response:
         body = await request.read()
