@@ -2,7 +2,7 @@
 request it receives and answers with bytes the test scripts, so that nothing (no HTTP library)
 stands between the proxy and what the test checks.
 
-    upstream = await RawUpstream(answer=b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok").start()
+    upstream = await RawUpstream(answer=b"HTTP/1.1 204 No Content\\r\\n\\r\\n").start()
     ...
     upstream.requests[0].values(b"X-Foo")  # [b"caf\\xe9"]
     await upstream.stop()
