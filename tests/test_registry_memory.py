@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -100,6 +101,37 @@ async def test_an_unregistered_app_is_forgotten(registry: Registry) -> None:
 
 async def test_unregistering_an_unknown_app_is_harmless(registry: Registry) -> None:
     await registry.unregister("nobody")
+
+    assert await registry.list() == []
+
+
+async def test_an_update_changes_the_idle_time_and_linked_apps_and_nothing_else(
+    registry: Registry,
+) -> None:
+    await registry.register(running_app())
+    registry.stamp("hello", T0 + timedelta(minutes=3))
+
+    assert await registry.update("hello", max_idle_time=30, linked_apps=("hello-front",))
+
+    app = await registry.get("hello")
+    assert app == replace(
+        running_app(last_access=T0 + timedelta(minutes=3)),
+        max_idle_time=30,
+        linked_apps=("hello-front",),
+    )
+
+
+async def test_an_update_to_no_linked_apps_is_read_back_empty(registry: Registry) -> None:
+    await registry.register(running_app())
+
+    await registry.update("hello", max_idle_time=0.5, linked_apps=())
+
+    app = await registry.get("hello")
+    assert app is not None and app.linked_apps == ()
+
+
+async def test_an_update_of_an_unregistered_app_registers_nothing(registry: Registry) -> None:
+    await registry.update("nobody", max_idle_time=30, linked_apps=())
 
     assert await registry.list() == []
 

@@ -343,3 +343,64 @@ def test_linked_apps_are_taken_literally_after_substitution() -> None:
     )
 
     assert rules.linked_closure("pr4-front") == ("pr4-back",)
+
+
+# What applies to the target app (DESIGN §4) --------------------------------------------------
+
+REVIEW_RULE = (
+    "rules:\n"
+    "  - pattern: 'app-review-pr(\\d+)-(back|front)'\n"
+    "    app_name: 'renamed-app-pr$1-$2'\n"
+    "    app_max_idle_time: 30\n"
+    "    linked_apps: ['app-review-pr$1-front']\n"
+)
+
+
+def test_every_field_the_key_rules_set_applies_to_the_renamed_target() -> None:
+    route = rules_of(REVIEW_RULE).resolve("app-review-pr123-back")
+
+    assert route.app_name == "renamed-app-pr123-back"
+    assert route.max_idle_time == 30
+    assert route.linked_apps == ("app-review-pr123-front",)
+
+
+def test_the_target_rules_fill_in_only_the_fields_the_key_rules_leave_unset() -> None:
+    rules = rules_of(
+        REVIEW_RULE + "  - pattern: '^renamed-app-pr(\\d+)'\n"
+        "    app_max_idle_time: 99\n"
+        "    readiness_path: '/health'\n"
+        "    upstream: 'https://pr$1.example.net'\n"
+        "    app_name: 'never-used'\n"
+    )
+
+    route = rules.resolve("app-review-pr123-back")
+
+    assert route.app_name == "renamed-app-pr123-back"
+    assert route.max_idle_time == 30
+    assert (route.readiness_path, route.upstream) == ("/health", "https://pr123.example.net")
+
+
+def test_an_app_found_by_discovery_gets_the_rules_matching_its_provider_name() -> None:
+    rules = rules_of(REVIEW_RULE, default_max_idle_time=15)
+
+    route = rules.for_app("renamed-app-pr123-back")
+
+    assert (route.app_name, route.max_idle_time, route.linked_apps) == (
+        "renamed-app-pr123-back",
+        15,
+        (),
+    )
+
+
+def test_a_rule_matching_a_provider_name_never_renames_the_app_found() -> None:
+    rules = rules_of("rules:\n  - pattern: 'blog'\n    app_name: other\n    app_max_idle_time: 5\n")
+
+    route = rules.for_app("blog")
+
+    assert (route.app_name, route.max_idle_time) == ("blog", 5)
+
+
+def test_linked_closure_starts_from_the_linked_apps_given() -> None:
+    rules = rules_of("rules:\n  - pattern: '^b$'\n    linked_apps: ['c']\n")
+
+    assert rules.linked_closure("a", ("b",)) == ("b", "c")

@@ -128,6 +128,10 @@ class Lifecycle:
         self._background: set[asyncio.Task[Any]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._asleep_since: dict[str, float] = {}
+        # The route of the last request for each app, and the idle time and linked apps this
+        # process last wrote to the registry for it.
+        self._routes: dict[str, Route] = {}
+        self._registered_as: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._asleep_total: Counter[str] = Counter()
         self._cold_starts: Counter[str] = Counter()
         self._stopping: set[str] = set()
@@ -146,16 +150,14 @@ class Lifecycle:
         for name in linked_apps:
             self.registry.stamp(name, now)
 
-    def linked_apps(self, app_name: str, route: Route) -> tuple[str, ...]:
-        """The app's linked apps, with those of the request key's rule (`route`)."""
-        own = self.rules.resolve(app_name).linked_apps
-        if not route.linked_apps:
-            return own
-        return tuple(name for name in dict.fromkeys((*route.linked_apps, *own)) if name != app_name)
+    def route_of(self, app_name: str) -> Route:
+        """What applies to the app: what the key of the last request for it said (every field
+        its rules set, DESIGN §4), else the rules matching the app's own name."""
+        return self._routes.get(app_name) or self.rules.for_app(app_name)
 
     def upstream_url(self, app: PaasApp) -> str | None:
         """The rule's upstream, else UPSTREAM_URL_TEMPLATE, else the provider's URL."""
-        route = self.rules.resolve(app.name)
+        route = self.route_of(app.name)
         if route.upstream:
             return route.upstream
         if self.upstream.url_template:
@@ -178,11 +180,11 @@ class Lifecycle:
 
     # --- waking -----------------------------------------------------------------------------
 
-    async def ensure_running(self, app_name: str, linked_apps: Iterable[str] = ()) -> bool:
+    async def ensure_running(self, app_name: str, linked_apps: Iterable[str] | None = None) -> bool:
         """Returns once the app (and its linked apps) run; True when it had to wake them.
 
-        `linked_apps` adds the request key's own linked apps (its rule may name the app
-        differently). Concurrent callers share one wake per app.
+        `linked_apps` are the request key's (its rules may name the app differently); None:
+        what applies to the app. Concurrent callers share one wake per app.
         """
         app = self.catalog.lookup(app_name)
         if app is not None and app.state is AppState.UNKNOWN:
@@ -191,7 +193,10 @@ class Lifecycle:
             return False
         asleep = [
             name
-            for name in self.rules.linked_closure(app_name, also=linked_apps)
+            for name in self.rules.linked_closure(
+                app_name,
+                self.route_of(app_name).linked_apps if linked_apps is None else linked_apps,
+            )
             if not self._is_running(name)
         ]
         results = await asyncio.gather(
@@ -204,7 +209,7 @@ class Lifecycle:
             raise results[0]
         return True
 
-    def wake_in_background(self, app_name: str, linked_apps: Iterable[str] = ()) -> None:
+    def wake_in_background(self, app_name: str, linked_apps: Iterable[str] | None = None) -> None:
         """Starts the wake without waiting for it (the waiting page's case)."""
         self._in_background(self.ensure_running(app_name, linked_apps))
 
@@ -335,7 +340,7 @@ class Lifecycle:
         return check
 
     def _readiness_path(self, app_name: str) -> str:
-        route = self.rules.resolve(app_name)
+        route = self.route_of(app_name)
         if route.readiness_path is not None:
             return route.readiness_path
         return self.upstream.readiness_path
@@ -404,6 +409,7 @@ class Lifecycle:
         await self._run_hook("after_stop", app_name)
         await self.events.record(events.APP_STOPPED, app_name)
         await self.registry.unregister(app_name)
+        self._registered_as.pop(app_name, None)
         await self.events.record(events.APP_UNREGISTERED, app_name)
         self._asleep_since[app_name] = self._clock()
         self._metrics.stops.labels(app_name, "success").inc()
@@ -418,7 +424,7 @@ class Lifecycle:
 
     async def _register(self, app_name: str, *, region: str | None = None) -> bool:
         now = self.now()
-        route = self.rules.resolve(app_name)
+        route = self.route_of(app_name)
         registered = await self.registry.register(
             RunningApp(
                 provider=self.provider.name,
@@ -431,6 +437,7 @@ class Lifecycle:
             )
         )
         if registered:
+            self._registered_as[app_name] = (route.max_idle_time, route.linked_apps)
             await self.events.record(events.APP_REGISTERED, app_name)
         else:
             self.registry.stamp(app_name, now)
@@ -438,6 +445,7 @@ class Lifecycle:
 
     async def unregister(self, app_name: str) -> None:
         await self.registry.unregister(app_name)
+        self._registered_as.pop(app_name, None)
         await self.events.record(events.APP_UNREGISTERED, app_name)
 
     # --- what the proxy asks ------------------------------------------------------------------
@@ -460,15 +468,34 @@ class Lifecycle:
 
     def request_started(self, app_name: str, route: Route) -> tuple[str, ...]:
         """Stamps the app (and its linked apps) and counts the request as activity; returns the
-        linked apps to hand back to `request_ended`."""
-        linked = self.linked_apps(app_name, route)
-        self.touch(app_name, linked)
+        linked apps to hand back to `request_ended`. What the request key's rules set now
+        applies to the app (`route`)."""
+        self._routes[app_name] = route
+        self._apply_to_registered(app_name, route)
+        self.touch(app_name, route.linked_apps)
         self.activity.begin(app_name)
-        return linked
+        return route.linked_apps
 
     def request_ended(self, app_name: str, linked: tuple[str, ...]) -> None:
         self.activity.end(app_name)
         self.touch(app_name, linked)
+
+    def _apply_to_registered(self, app_name: str, route: Route) -> None:
+        """Writes the route's idle time and linked apps to the registry when they differ from
+        what this process last wrote there (so not on every request)."""
+        wanted = (route.max_idle_time, route.linked_apps)
+        if self._registered_as.get(app_name) == wanted:
+            return
+        self._registered_as[app_name] = wanted
+
+        async def update() -> None:
+            written = await self.registry.update(
+                app_name, max_idle_time=route.max_idle_time, linked_apps=route.linked_apps
+            )
+            if not written and self._registered_as.get(app_name) == wanted:
+                del self._registered_as[app_name]  # try again with a later request
+
+        self._in_background(update())
 
     # --- what the metrics read --------------------------------------------------------------
 

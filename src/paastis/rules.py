@@ -14,9 +14,9 @@ import yaml
 
 from paastis.errors import ConfigError
 
-RULE_KEYS = frozenset(
-    {"pattern", "app_name", "app_max_idle_time", "linked_apps", "upstream", "readiness_path"}
-)
+# The fields a rule may set, as named in the file.
+RULE_FIELDS = ("app_name", "app_max_idle_time", "linked_apps", "upstream", "readiness_path")
+RULE_KEYS = frozenset({"pattern", *RULE_FIELDS})
 LOCAL_APP_KEYS = frozenset({"upstream", "command", "start", "stop", "status"})
 TEMPLATE_KEYS = ("app_name", "linked_apps", "upstream")
 # `$N` takes at most two digits, like JavaScript's String.replace: `$10` is group 10 when the
@@ -48,52 +48,80 @@ class Route:
 
 
 class RuleSet:
-    """Applies every matching rule, in file order, a later one overriding what it sets."""
+    """Applies every matching rule, in file order, a later one overriding what it sets.
+
+    For a request, the rules matching its app key decide, and every field they set applies to
+    the target app (`app_name`); the rules matching the target's own name fill in the fields
+    the key's rules leave unset; the defaults fill in the rest. An app found by discovery gets
+    the rules matching its provider name.
+    """
 
     def __init__(self, rules: list[Rule], default_max_idle_time: float) -> None:
         self.rules = tuple(rules)
         self.default_max_idle_time = default_max_idle_time
         # Resolution is pure, and the same few keys come back on every request.
         self.resolve = functools.lru_cache(maxsize=4096)(self._resolve)
+        self.for_app = functools.lru_cache(maxsize=4096)(self._for_app)
 
     def _resolve(self, key: str) -> Route:
-        app_name, max_idle, linked, upstream, readiness = (
-            key,
-            self.default_max_idle_time,
-            (),
-            None,
-            None,
+        """Where a request for the app key `key` goes, and what applies to that app."""
+        own = self._fields(key)
+        target = own.pop("app_name", key)
+        inherited = self._fields(target) if target != key else {}
+        inherited.pop("app_name", None)
+        return self._route(target, {**inherited, **own})
+
+    def _for_app(self, name: str) -> Route:
+        """What applies to the provider app `name` by the rules matching its own name."""
+        fields = self._fields(name)
+        fields.pop("app_name", None)
+        return self._route(name, fields)
+
+    def _route(self, app_name: str, fields: dict[str, Any]) -> Route:
+        linked = fields.get("linked_apps", ())
+        return Route(
+            app_name=app_name,
+            max_idle_time=fields.get("app_max_idle_time", self.default_max_idle_time),
+            linked_apps=tuple(dict.fromkeys(n for n in linked if n and n != app_name)),
+            upstream=fields.get("upstream"),
+            readiness_path=fields.get("readiness_path"),
         )
+
+    def _fields(self, key: str) -> dict[str, Any]:
+        """The fields set by the rules matching `key`, `$N` substituted, a later rule winning."""
+        fields: dict[str, Any] = {}
         for rule in self.rules:
             match = rule.pattern.search(key)
             if match is None:
                 continue
-            if rule.app_name is not None:
-                app_name = substitute(rule.app_name, match)
-            if rule.app_max_idle_time is not None:
-                max_idle = rule.app_max_idle_time
-            if rule.linked_apps is not None:
-                linked = tuple(substitute(name, match) for name in rule.linked_apps)
-            if rule.upstream is not None:
-                upstream = substitute(rule.upstream, match)
-            if rule.readiness_path is not None:
-                readiness = rule.readiness_path
-        linked = tuple(dict.fromkeys(name for name in linked if name and name != app_name))
-        return Route(app_name, max_idle, linked, upstream, readiness)
+            for name in RULE_FIELDS:
+                value = getattr(rule, name)
+                if value is None:
+                    continue
+                if name in TEMPLATE_KEYS:
+                    value = (
+                        tuple(substitute(item, match) for item in value)
+                        if isinstance(value, tuple)
+                        else substitute(value, match)
+                    )
+                fields[name] = value
+        return fields
 
-    def linked_closure(self, app_name: str, also: Iterable[str] = ()) -> tuple[str, ...]:
-        """Every app linked to `app_name` (and to `also`, the request key's linked apps),
-        transitively, without `app_name` (cycles end)."""
+    def linked_closure(
+        self, app_name: str, linked_apps: Iterable[str] | None = None
+    ) -> tuple[str, ...]:
+        """`linked_apps` (default: the app's own) and the apps linked to them by their own
+        rules, transitively, without `app_name` (cycles end)."""
         seen = {app_name}
         order: list[str] = []
-        pending = [*self.resolve(app_name).linked_apps, *also]
+        pending = list(self.for_app(app_name).linked_apps if linked_apps is None else linked_apps)
         while pending:
             name = pending.pop(0)
             if name in seen:
                 continue
             seen.add(name)
             order.append(name)
-            pending.extend(self.resolve(name).linked_apps)
+            pending.extend(self.for_app(name).linked_apps)
         return tuple(order)
 
 

@@ -66,6 +66,13 @@ class Registry(Protocol):
         """Registers the app unless it already is; True when it was new."""
         ...
 
+    async def update(
+        self, name: str, *, max_idle_time: float, linked_apps: tuple[str, ...]
+    ) -> bool:
+        """Changes what applies to a registered app (nothing when it is not registered);
+        False when the store could not take the change now."""
+        ...
+
     async def unregister(self, name: str) -> None: ...
 
     async def clear(self) -> None:

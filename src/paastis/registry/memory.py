@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 
 from paastis.providers import Formation
@@ -41,6 +42,14 @@ class InMemoryRegistry:
             return False
         self._apps[app.name] = app
         self._last_access[app.name] = app.last_accessed_at
+        return True
+
+    async def update(
+        self, name: str, *, max_idle_time: float, linked_apps: tuple[str, ...]
+    ) -> bool:
+        app = self._apps.get(name)
+        if app is not None:
+            self._apps[name] = replace(app, max_idle_time=max_idle_time, linked_apps=linked_apps)
         return True
 
     async def unregister(self, name: str) -> None:

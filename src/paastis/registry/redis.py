@@ -22,6 +22,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +44,19 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   return 1
 end
 return 0
+"""
+
+# Changes what applies to a registered app, nothing else; a forgotten app stays forgotten.
+UPDATE_LUA = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then
+  return 0
+end
+local app = cjson.decode(raw)
+app['max_idle_time'] = tonumber(ARGV[2])
+app['linked_apps'] = cjson.decode(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(app))
+return 1
 """
 
 # Moves last accesses forward only, and only for registered apps: the newest time wins whatever
@@ -92,6 +106,7 @@ class RedisRegistry:
         self._close_timeout = close_timeout
         client = connection.client
         self._register_script = client.register_script(REGISTER_LUA)
+        self._update_script = client.register_script(UPDATE_LUA)
         self._stamp_script = client.register_script(STAMP_LUA)
         self._unlock_script = client.register_script(UNLOCK_LUA)
         # What this instance registered or read: served while Redis is unreachable.
@@ -174,6 +189,33 @@ class RedisRegistry:
         self._mirror[app.name] = app
         self._pending_apps[app.name] = app
         return True
+
+    async def update(
+        self, name: str, *, max_idle_time: float, linked_apps: tuple[str, ...]
+    ) -> bool:
+        def changed(app: RunningApp) -> RunningApp:
+            return replace(app, max_idle_time=max_idle_time, linked_apps=linked_apps)
+
+        if name in self._mirror:
+            self._mirror[name] = changed(self._mirror[name])
+        pending = self._pending_apps.get(name)
+        if pending is not None:  # registered during an outage: its registration carries it
+            self._pending_apps[name] = changed(pending)
+            return True
+        if self.available:
+            try:
+                await self._conn.run(
+                    lambda r: self._update_script(
+                        keys=[self._apps_key],
+                        args=[name, str(max_idle_time), json.dumps(list(linked_apps))],
+                        client=r,
+                    )
+                )
+            except RegistryUnavailable:
+                pass
+            else:
+                return True
+        return False
 
     async def unregister(self, name: str) -> None:
         self._mirror.pop(name, None)
