@@ -732,3 +732,80 @@ def test_one_api_url_for_several_regions_needs_a_region_placeholder(cwd: Path) -
     assert "put {region} where the region goes" in error_of(env, cwd)
     env["PROVIDER_SCALINGO_API_URL"] = "http://127.0.0.1:9001/{region}"
     assert load(env, cwd).provider.scalingo_api_url == "http://127.0.0.1:9001/{region}"
+
+
+# The platform paastis runs on (DESIGN §2, "paastis never manages itself") ------------------
+
+HEROKU = {"PROVIDER_NAME": "heroku", "PROVIDER_HEROKU_API_TOKEN": "heroku-token-0123456789"}
+CLEVER = {"PROVIDER_NAME": "clever-cloud", "PROVIDER_CLEVER_API_TOKEN": "clever-token-0123"}
+
+
+@pytest.mark.parametrize(
+    ("env", "own_apps"),
+    [
+        ({**SCALINGO, "CONTAINER": "web-1", "APP": "paastis-prod"}, {"paastis-prod"}),
+        ({**HEROKU, "DYNO": "web.1", "HEROKU_APP_NAME": "paastis-prod"}, {"paastis-prod"}),
+        (
+            {**CLEVER, "INSTANCE_ID": "i-1", "APP_ID": "app_1234", "CC_APP_NAME": "paastis"},
+            {"paastis", "app_1234"},
+        ),
+    ],
+    ids=["scalingo", "heroku", "clever-cloud"],
+)
+def test_paastis_own_app_is_ignored_on_the_platform_it_manages(
+    cwd: Path, env: dict[str, str], own_apps: set[str]
+) -> None:
+    s = load({**env, "REGISTRY_IGNORED_APPS": "legacy"}, cwd)
+
+    assert s.ignored_apps == {"legacy", *own_apps}
+    assert s.platform is not None and s.platform.name == env["PROVIDER_NAME"]
+
+
+def test_paastis_on_another_platform_than_it_manages_ignores_nothing_more(cwd: Path) -> None:
+    s = load({**SCALINGO, "DYNO": "web.1", "HEROKU_APP_NAME": "paastis-prod"}, cwd)
+
+    assert s.ignored_apps == frozenset()
+    assert s.platform is not None and s.platform.name == "heroku"
+
+
+def test_heroku_without_dyno_metadata_is_detected_without_an_own_app(cwd: Path) -> None:
+    s = load({**HEROKU, "DYNO": "web.1"}, cwd)
+
+    assert s.platform is not None and s.platform.own_apps == ()
+    assert "runtime-dyno-metadata" in s.platform.hint
+
+
+def test_off_any_platform_nothing_is_detected(cwd: Path) -> None:
+    assert load({**SCALINGO, "APP": "something"}, cwd).platform is None
+
+
+# REGISTRY_STATE_FILE -----------------------------------------------------------------------
+
+
+def test_the_state_file_is_read_with_the_in_memory_registry(cwd: Path) -> None:
+    s = load({**SCALINGO, "REGISTRY_STATE_FILE": str(cwd / "state.json")}, cwd)
+
+    assert s.registry_state_file == cwd / "state.json"
+
+
+def test_a_state_file_with_the_redis_registry_is_an_error(cwd: Path) -> None:
+    message = error_of(
+        {
+            **SCALINGO,
+            "REGISTRY_TYPE": "redis",
+            "REGISTRY_REDIS_URL": "redis://127.0.0.1:6379",
+            "REGISTRY_STATE_FILE": str(cwd / "state.json"),
+        },
+        cwd,
+    )
+
+    assert "REGISTRY_STATE_FILE=" in message
+    assert "REGISTRY_TYPE=in-memory" in message
+
+
+@pytest.mark.parametrize("where", ["missing-directory/state.json", "."])
+def test_a_state_file_outside_an_existing_directory_is_an_error(cwd: Path, where: str) -> None:
+    message = error_of({**SCALINGO, "REGISTRY_STATE_FILE": str(cwd / where)}, cwd)
+
+    assert "REGISTRY_STATE_FILE=" in message
+    assert "existing directory" in message

@@ -17,6 +17,7 @@ from dotenv.parser import parse_stream
 from yarl import URL
 
 from paastis.errors import ConfigError
+from paastis.platform import Platform, detect_platform
 from paastis.rules import MAX_IDLE_MINUTES, LocalAppSpec, Rule, RuleSet, load_rules_file
 from paastis.urls import mask_url
 
@@ -87,6 +88,8 @@ class Settings:
     log_level: str
     log_format: str
     shutdown_timeout: float  # seconds, for the whole shutdown
+    registry_state_file: Path | None  # where the in-memory registry keeps what a wake needs
+    platform: Platform | None  # the PaaS paastis itself runs on, if any
     rules_file: Path | None
     rules: RuleSet = field(repr=False)
     local_apps: Mapping[str, LocalAppSpec] = field(default_factory=dict)
@@ -177,12 +180,13 @@ def build_settings(env: Environment, rules_file: Path | None) -> Settings:
         )
     registry_type = env.choice("REGISTRY_TYPE", ("in-memory", "redis"), "in-memory")
     system_api_enabled = env.boolean("ROUTING_SYSTEM_API_ENABLED", False)
+    platform = detect_platform(env.values)
     return Settings(
         host=env.host("HOST", "0.0.0.0"),
         port=env.port("PORT", 3000),
         provider=provider,
         registry_type=registry_type,
-        ignored_apps=frozenset(env.names("REGISTRY_IGNORED_APPS")),
+        ignored_apps=ignored_apps(env, provider, platform),
         redis_url=redis_url(env) if registry_type == "redis" else env.get("REGISTRY_REDIS_URL"),
         redis_prefix=env.get("REGISTRY_REDIS_PREFIX") or "paastis:",
         cron=cron_expression(env),
@@ -205,10 +209,41 @@ def build_settings(env: Environment, rules_file: Path | None) -> Settings:
         log_level=log_level(env),
         log_format=env.choice("LOG_FORMAT", ("text", "json"), "text"),
         shutdown_timeout=env.number("SHUTDOWN_TIMEOUT", 30, minimum=0),
+        registry_state_file=state_file(env, registry_type),
+        platform=platform,
         rules_file=rules_file,
         rules=RuleSet(rules, max_idle_time),
         local_apps=local_apps,
     )
+
+
+def ignored_apps(
+    env: Environment, provider: ProviderSettings, platform: Platform | None
+) -> frozenset[str]:
+    """REGISTRY_IGNORED_APPS, and paastis' own app when it runs on the platform it manages
+    (paastis never manages itself)."""
+    listed = frozenset(env.names("REGISTRY_IGNORED_APPS"))
+    if platform is not None and platform.name == provider.name:
+        return listed | frozenset(platform.own_apps)
+    return listed
+
+
+def state_file(env: Environment, registry_type: str) -> Path | None:
+    name = "REGISTRY_STATE_FILE"
+    value = env.get(name)
+    if value is None:
+        return None
+    if registry_type != "in-memory":
+        raise ConfigError(
+            f"{name}={value!r} is only used with REGISTRY_TYPE=in-memory (Redis keeps what a "
+            "wake needs itself): unset it"
+        )
+    path = Path(value)
+    if path.is_dir() or not path.parent.is_dir():
+        raise ConfigError(
+            f"{name}={value!r} is invalid (expected a file path in an existing directory)"
+        )
+    return path
 
 
 def provider_settings(env: Environment) -> ProviderSettings:
@@ -519,6 +554,8 @@ def describe(settings: Settings) -> dict[str, Any]:
             value = {name: spec.upstream for name, spec in value.items()}
         elif item.name == "redis_url" and value:
             value = mask_url(value)
+        elif item.name == "platform" and value:
+            value = {"name": value.name, "own_apps": list(value.own_apps)}
         else:
             value = mask(item.name, value)
         described[item.name] = value

@@ -177,6 +177,7 @@ class Server:
         stack.push_async_callback(self._until_deadline, main.close)
         self.main_port = main.port
         self._log_listening()
+        log_platform(s)
 
     def _build_provider(self, counter: ProviderCallCounter) -> Provider:
         return build_provider(
@@ -395,6 +396,33 @@ def build_provider(
     return LocalProvider(local_apps, operation_timeout=settings.operation_timeout, **extra)
 
 
+def log_platform(settings: Settings) -> None:
+    """What paastis knows of the platform it runs on, and the risks it sees there."""
+    platform = settings.platform
+    if platform is None:
+        return
+    if platform.name == settings.provider.name:
+        if platform.own_apps:
+            log.info(
+                "paastis runs on %s as %s: an ignored app, never stopped (paastis never manages "
+                "itself)",
+                platform.label, " / ".join(platform.own_apps),
+            )  # fmt: skip
+        else:
+            log.warning(
+                "paastis runs on %s but cannot tell as which app (%s): list its app in "
+                "REGISTRY_IGNORED_APPS, or paastis may stop itself",
+                platform.label, platform.hint,
+            )  # fmt: skip
+    if settings.registry_type == "in-memory" and settings.registry_state_file is None:
+        log.warning(
+            "in-memory registry on %s: a restart of paastis forgets the formations of the apps "
+            "it stopped (they wake with one web process); use REGISTRY_TYPE=redis with a Redis "
+            "add-on",
+            platform.label,
+        )
+
+
 def build_registry(settings: Settings) -> tuple[Registry, EventLog]:
     if settings.registry_type == "redis":
         from paastis.registry.redis import RedisRegistry
@@ -407,4 +435,4 @@ def build_registry(settings: Settings) -> tuple[Registry, EventLog]:
             RedisRegistry(connection, prefix=settings.redis_prefix),
             RedisEventLog(connection, prefix=settings.redis_prefix),
         )
-    return InMemoryRegistry(), InMemoryEventLog()
+    return InMemoryRegistry(settings.registry_state_file), InMemoryEventLog()

@@ -1,27 +1,43 @@
-"""The embedded registry: one process, state in memory."""
+"""The embedded registry: one process, state in memory; what a wake needs optionally kept in a
+state file (REGISTRY_STATE_FILE) so that it outlives a restart."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
+from paastis.errors import ConfigError
 from paastis.providers import Formation
 from paastis.registry import RunningApp
+from paastis.registry.state_file import VARIABLE, StateFile
+
+log = logging.getLogger("paastis.registry")
 
 
 class InMemoryRegistry:
-    def __init__(self) -> None:
+    def __init__(self, state_file: Path | None = None) -> None:
         self._apps: dict[str, RunningApp] = {}
         # Kept apart so the hot path's stamp is a dict write, not a new RunningApp.
         self._last_access: dict[str, datetime] = {}
         self._formations: dict[str, Formation] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._state = StateFile(state_file) if state_file is not None else None
 
     async def start(self) -> None:
-        pass
+        if self._state is None:
+            return
+        self._formations = await self._state.load()
+        try:
+            await self._state.save(self._formations)  # now, not at the first stop
+        except OSError as exc:
+            raise ConfigError(
+                f"{VARIABLE}={str(self._state.path)!r}: cannot write it ({exc})"
+            ) from None
 
     async def close(self) -> None:
         pass
@@ -68,8 +84,16 @@ class InMemoryRegistry:
     async def remember_formation(self, name: str, formation: Formation | None) -> None:
         if formation:
             self._formations[name] = dict(formation)
-        else:
-            self._formations.pop(name, None)
+        elif self._formations.pop(name, None) is None:
+            return
+        if self._state is not None:
+            try:
+                await self._state.save(self._formations)
+            except OSError as exc:
+                log.error(
+                    "writing %s failed (%s): a restart now would forget what %s needs to wake",
+                    self._state.path, exc, name,
+                )  # fmt: skip
 
     async def formation(self, name: str) -> Formation | None:
         return self._formations.get(name)
