@@ -809,3 +809,20 @@ def test_a_state_file_outside_an_existing_directory_is_an_error(cwd: Path, where
 
     assert "REGISTRY_STATE_FILE=" in message
     assert "existing directory" in message
+
+
+# SCHEDULE_TIMEZONE -------------------------------------------------------------------------
+
+
+def test_schedule_timezone_defaults_to_utc_and_takes_an_iana_name(cwd: Path) -> None:
+    assert str(load(SCALINGO, cwd).schedule_timezone) == "UTC"
+    paris = load({**SCALINGO, "SCHEDULE_TIMEZONE": "Europe/Paris"}, cwd).schedule_timezone
+    assert str(paris) == "Europe/Paris"
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "Europe", "../etc/passwd", "CEST+2"])
+def test_an_unknown_schedule_timezone_is_an_error(cwd: Path, zone: str) -> None:
+    message = error_of({**SCALINGO, "SCHEDULE_TIMEZONE": zone}, cwd)
+
+    assert f"SCHEDULE_TIMEZONE={zone!r}" in message
+    assert "Europe/Paris" in message

@@ -404,3 +404,20 @@ def test_linked_closure_starts_from_the_linked_apps_given() -> None:
     rules = rules_of("rules:\n  - pattern: '^b$'\n    linked_apps: ['c']\n")
 
     assert rules.linked_closure("a", ("b",)) == ("b", "c")
+
+
+def test_keep_awake_is_read_as_a_five_field_cron_expression() -> None:
+    rules = rules_of("rules:\n  - pattern: 'a'\n    keep_awake: ' * 8-18 * * 1-5 '\n")
+
+    assert rules.for_app("a").keep_awake == "* 8-18 * * 1-5"
+    assert rules.for_app("b").keep_awake is None
+
+
+@pytest.mark.parametrize("expression", ["* 25 * * *", "* * * * * *", "office hours", "* * *"])
+def test_an_invalid_keep_awake_names_the_rule_and_the_key(expression: str) -> None:
+    message = error_of(
+        f"rules:\n  - pattern: 'a'\n  - pattern: 'b'\n    keep_awake: '{expression}'\n"
+    )
+
+    assert "rule 2, key 'keep_awake'" in message
+    assert repr(expression) in message

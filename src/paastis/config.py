@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from dotenv import dotenv_values
@@ -18,7 +19,14 @@ from yarl import URL
 
 from paastis.errors import ConfigError
 from paastis.platform import Platform, detect_platform
-from paastis.rules import MAX_IDLE_MINUTES, LocalAppSpec, Rule, RuleSet, load_rules_file
+from paastis.rules import (
+    MAX_IDLE_MINUTES,
+    RULE_FIELDS,
+    LocalAppSpec,
+    Rule,
+    RuleSet,
+    load_rules_file,
+)
 from paastis.urls import mask_url
 
 PROVIDERS = ("scalingo", "heroku", "clever-cloud", "local")
@@ -90,6 +98,7 @@ class Settings:
     shutdown_timeout: float  # seconds, for the whole shutdown
     registry_state_file: Path | None  # where the in-memory registry keeps what a wake needs
     platform: Platform | None  # the PaaS paastis itself runs on, if any
+    schedule_timezone: ZoneInfo  # where `keep_awake` schedules are read
     rules_file: Path | None
     rules: RuleSet = field(repr=False)
     local_apps: Mapping[str, LocalAppSpec] = field(default_factory=dict)
@@ -211,6 +220,7 @@ def build_settings(env: Environment, rules_file: Path | None) -> Settings:
         shutdown_timeout=env.number("SHUTDOWN_TIMEOUT", 30, minimum=0),
         registry_state_file=state_file(env, registry_type),
         platform=platform,
+        schedule_timezone=schedule_timezone(env),
         rules_file=rules_file,
         rules=RuleSet(rules, max_idle_time),
         local_apps=local_apps,
@@ -226,6 +236,18 @@ def ignored_apps(
     if platform is not None and platform.name == provider.name:
         return listed | frozenset(platform.own_apps)
     return listed
+
+
+def schedule_timezone(env: Environment) -> ZoneInfo:
+    name = "SCHEDULE_TIMEZONE"
+    value = env.get(name) or "UTC"
+    try:
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(
+            f"{env.shown(name, value)} is not a known time zone (expected an IANA name, e.g. "
+            "Europe/Paris, America/New_York or UTC)"
+        ) from None
 
 
 def state_file(env: Environment, registry_type: str) -> Path | None:
@@ -583,14 +605,14 @@ def mask(name: str, value: Any) -> Any:
         return value.pattern
     if isinstance(value, frozenset):
         return sorted(value)
-    if isinstance(value, Path):
+    if isinstance(value, Path | ZoneInfo):
         return str(value)
     return value
 
 
 def rule_summary(rule: Rule) -> dict[str, Any]:
     summary = {"pattern": rule.pattern.pattern}
-    for name in ("app_name", "app_max_idle_time", "linked_apps", "upstream", "readiness_path"):
+    for name in RULE_FIELDS:
         value = getattr(rule, name)
         if value is not None:
             summary[name] = list(value) if isinstance(value, tuple) else value

@@ -155,6 +155,15 @@ class Lifecycle:
         its rules set, DESIGN §4), else the rules matching the app's own name."""
         return self._routes.get(app_name) or self.rules.for_app(app_name)
 
+    def linked_closure(
+        self, app_name: str, linked_apps: Iterable[str] | None = None
+    ) -> tuple[str, ...]:
+        """The apps woken with `app_name`: `linked_apps` (default: those that apply to it) and
+        theirs, transitively."""
+        if linked_apps is None:
+            linked_apps = self.route_of(app_name).linked_apps
+        return self.rules.linked_closure(app_name, linked_apps)
+
     def upstream_url(self, app: PaasApp) -> str | None:
         """The rule's upstream, else UPSTREAM_URL_TEMPLATE, else the provider's URL."""
         route = self.route_of(app.name)
@@ -193,10 +202,7 @@ class Lifecycle:
             return False
         asleep = [
             name
-            for name in self.rules.linked_closure(
-                app_name,
-                self.route_of(app_name).linked_apps if linked_apps is None else linked_apps,
-            )
+            for name in self.linked_closure(app_name, linked_apps)
             if not self._is_running(name)
         ]
         results = await asyncio.gather(

@@ -11,11 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from croniter import croniter
 
 from paastis.errors import ConfigError
 
 # The fields a rule may set, as named in the file.
-RULE_FIELDS = ("app_name", "app_max_idle_time", "linked_apps", "upstream", "readiness_path")
+RULE_FIELDS = (
+    "app_name",
+    "app_max_idle_time",
+    "linked_apps",
+    "upstream",
+    "readiness_path",
+    "keep_awake",
+)
 RULE_KEYS = frozenset({"pattern", *RULE_FIELDS})
 LOCAL_APP_KEYS = frozenset({"upstream", "command", "start", "stop", "status"})
 TEMPLATE_KEYS = ("app_name", "linked_apps", "upstream")
@@ -34,6 +42,7 @@ class Rule:
     linked_apps: tuple[str, ...] | None = None
     upstream: str | None = None
     readiness_path: str | None = None
+    keep_awake: str | None = None  # a 5-field cron expression
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class Route:
     linked_apps: tuple[str, ...]
     upstream: str | None  # None: UPSTREAM_URL_TEMPLATE or the provider's URL
     readiness_path: str | None  # None: PROXY_READINESS_PATH
+    keep_awake: str | None = None  # cron (SCHEDULE_TIMEZONE): kept awake while it matches
 
 
 class RuleSet:
@@ -85,6 +95,7 @@ class RuleSet:
             linked_apps=tuple(dict.fromkeys(n for n in linked if n and n != app_name)),
             upstream=fields.get("upstream"),
             readiness_path=fields.get("readiness_path"),
+            keep_awake=fields.get("keep_awake"),
         )
 
     def _fields(self, key: str) -> dict[str, Any]:
@@ -292,9 +303,23 @@ def parse_rule(item: Any, index: int, source: str) -> Rule:
         linked_apps=parse_linked_apps(item, where),
         upstream=upstream,
         readiness_path=readiness,
+        keep_awake=parse_keep_awake(item, where),
     )
     check_group_references(rule, where)
     return rule
+
+
+def parse_keep_awake(item: Mapping[str, Any], where: str) -> str | None:
+    value = expect_str(item, "keep_awake", where)
+    if value is None:
+        return None
+    expression = value.strip()
+    if len(expression.split()) != 5 or not croniter.is_valid(expression):
+        raise ConfigError(
+            f"{where}, key 'keep_awake': {value!r} is not a valid cron expression (expected 5 "
+            "fields: minute hour day-of-month month day-of-week, e.g. '* 8-18 * * 1-5')"
+        )
+    return expression
 
 
 def parse_pattern(item: Mapping[str, Any], where: str) -> re.Pattern[str]:

@@ -1,4 +1,5 @@
-"""The cron-driven background task: discover running apps, forget stopped ones, stop idle ones."""
+"""The cron-driven background task: discover running apps, forget stopped ones, stop idle ones,
+and keep the apps of open office hours (`keep_awake`) awake."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from croniter import croniter
 from paastis.clock import MonotonicClock, WallClock, utc_now
 from paastis.lifecycle import Lifecycle
 from paastis.metrics import Metrics
-from paastis.providers import AppState, ProviderError
+from paastis.office_hours import OfficeHours
+from paastis.providers import AppState, PaasApp, ProviderError
 from paastis.registry import RunningApp
 
 log = logging.getLogger("paastis.scheduler")
@@ -32,6 +34,7 @@ class TickReport:
     registered: list[str] = field(default_factory=list)
     unregistered: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
+    woken: list[str] = field(default_factory=list)  # their keep_awake window is open
     skipped: str | None = None  # why the tick did nothing
 
 
@@ -45,8 +48,10 @@ class Scheduler:
         metrics: Metrics,
         clock: MonotonicClock = time.monotonic,
         wall_clock: WallClock = utc_now,
+        office_hours: OfficeHours | None = None,
     ) -> None:
         self._lifecycle = lifecycle
+        self._office_hours = office_hours or OfficeHours()
         self._clock = clock
         self._wall_clock = wall_clock
         self._cron = cron
@@ -104,14 +109,41 @@ class Scheduler:
                 report.skipped = "registry unavailable"
                 return report
             self.registered_count = len(registered)
+            awake = self._kept_awake(apps)
             idle: list[str] = []
             for app in apps:
                 if app.name in self._ignored or self._stopping.is_set():
                     continue
-                if await self._visit(app.name, app.state, registered.get(app.name), report):
+                visited = await self._visit(app.name, app.state, registered.get(app.name), report)
+                if visited and app.name not in awake:  # idle, outside its office hours
                     idle.append(app.name)
+            self._wake_kept_awake(apps, awake, report)
             await self._stop_idle(idle, report)
             return report
+
+    def _kept_awake(self, apps: list[PaasApp]) -> set[str]:
+        """The apps whose keep_awake window is open now, with their linked apps."""
+        now = self._wall_clock()
+        awake: set[str] = set()
+        for app in apps:
+            if self._office_hours.is_open(self._lifecycle.route_of(app.name).keep_awake, now):
+                awake.add(app.name)
+                awake.update(self._lifecycle.linked_closure(app.name))
+        return awake
+
+    def _wake_kept_awake(self, apps: list[PaasApp], awake: set[str], report: TickReport) -> None:
+        """Wakes the sleeping apps of an open window, in the background, as a request would."""
+        for app in apps:
+            if (
+                app.name in awake
+                and app.name not in self._ignored
+                and app.state is AppState.STOPPED
+                and not self._lifecycle.is_waking(app.name)
+                and not self._stopping.is_set()
+            ):
+                log.info("waking %s: its keep_awake window is open", app.name)
+                self._lifecycle.wake_in_background(app.name)
+                report.woken.append(app.name)
 
     async def _stop_idle(self, names: list[str], report: TickReport) -> None:
         slots = asyncio.Semaphore(STOP_CONCURRENCY)

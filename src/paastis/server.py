@@ -24,6 +24,7 @@ from paastis.hooks import Hooks
 from paastis.lifecycle import Lifecycle, UpstreamPolicy
 from paastis.listener import Listener
 from paastis.metrics import Metrics
+from paastis.office_hours import OfficeHours
 from paastis.providers import AppState, Provider
 from paastis.providers.api import ProviderCallCounter
 from paastis.providers.local import LocalProvider
@@ -163,6 +164,7 @@ class Server:
             ignored_apps=s.ignored_apps,
             metrics=self.metrics,
             wall_clock=self._wall_clock,
+            office_hours=OfficeHours(s.schedule_timezone),
         )
         if s.admin_port is not None:
             admin = await Listener.open(self._admin, s.admin_host, s.admin_port)
