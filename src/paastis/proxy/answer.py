@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
 
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -92,20 +92,23 @@ class AnswerWriter:
 
 
 def own_answer(
+    request: web.BaseRequest,
     status: int,
     text: str,
     *,
-    head_only: bool = False,
     reusable: bool = True,
     headers: Iterable[tuple[str, str]] = (),
     content_type: str = TEXT_PLAIN,
 ) -> RawAnswer:
-    """One of paastis' own answers: a short body, never cached."""
+    """One of paastis' own answers to `request`: a short body, never cached; the connection
+    stays open only when the client keeps it alive (HTTP/1.0 clients by asking)."""
+    reusable = reusable and request.keep_alive
     data = own_answer_bytes(
         status,
         text,
-        head_only=head_only,
+        head_only=request.method == "HEAD",
         reusable=reusable,
+        http10=request.version < HttpVersion11,
         headers=headers,
         content_type=content_type,
     )
@@ -118,6 +121,7 @@ def own_answer_bytes(
     *,
     head_only: bool = False,
     reusable: bool = True,
+    http10: bool = False,
     headers: Iterable[tuple[str, str]] = (),
     content_type: str = TEXT_PLAIN,
 ) -> bytes:
@@ -132,6 +136,8 @@ def own_answer_bytes(
     lines.extend(b"%b: %b\r\n" % (name.encode(), value.encode()) for name, value in headers)
     if not reusable:
         lines.append(b"Connection: close\r\n")
+    elif http10:
+        lines.append(b"Connection: keep-alive\r\n")
     lines.append(b"\r\n")
     if not head_only:
         lines.append(body)

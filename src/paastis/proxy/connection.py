@@ -47,7 +47,7 @@ class ProxyServer(web.Server):
     def _request_for(self, message, payload, protocol, writer, task):  # type: ignore[no-untyped-def]
         """Called as each parsed request head is handed to its handler."""
         if isinstance(protocol, ProxyConnection):
-            protocol.head_received()
+            protocol.head_received(has_body=not payload.is_eof())
         return self._make(message, payload, protocol, writer, task)
 
 
@@ -93,25 +93,38 @@ class ProxyConnection(web.RequestHandler):
         self._head_bytes = False  # whether any byte of the awaited head has arrived
         self._heads = 0  # request heads handed to a handler
         self._answered = 0  # answers finished
+        # Bytes that arrived while a request without a body was served: the start of a
+        # pipelined request, whose head is then also bound by the deadline.
+        self._serving_bodyless = False
+        self._pipelined = False
+        self._bytes_after_a_head = False  # in the latest packet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._deadlines.watch(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._heads == self._answered and data:
-            if not self._head_bytes and not self._deadlines.watches(self):
-                self._deadlines.watch(self)  # the first bytes of the next request
-            self._head_bytes = True
+        if data:
+            end = data.find(b"\r\n\r\n")
+            self._bytes_after_a_head = end != -1 and end + 4 < len(data)
+            if self._heads == self._answered:
+                if not self._deadlines.watches(self):
+                    self._deadlines.watch(self)
+                self._head_bytes = True
+            elif self._serving_bodyless:
+                self._pipelined = True
         super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._deadlines.forget(self)
         super().connection_lost(exc)
 
-    def head_received(self) -> None:
+    def head_received(self, *, has_body: bool) -> None:
         self._heads += 1
         self._head_bytes = False
+        self._serving_bodyless = not has_body
+        # Bytes after a bodyless request's head are the next request's.
+        self._pipelined = self._bytes_after_a_head and not has_body
         self._deadlines.forget(self)
 
     async def finish_response(self, request, resp, start_time):  # type: ignore[no-untyped-def]
@@ -119,6 +132,11 @@ class ProxyConnection(web.RequestHandler):
             return await super().finish_response(request, resp, start_time)
         finally:
             self._answered += 1
+            if self._heads == self._answered and self.transport is not None:
+                # The next head's deadline runs from now: an idle kept-alive connection is
+                # closed after it too, and a pipelined head that stopped halfway gets 408.
+                self._deadlines.watch(self)
+                self._head_bytes = self._pipelined
 
     def handle_error(
         self,
@@ -137,7 +155,7 @@ class ProxyConnection(web.RequestHandler):
             raise ConnectionError("an answer was already under way")
         failure = Failure.INTERNAL if status >= 500 else Failure.BAD_REQUEST
         detail = first_line(message or exc) if status < 500 else ""
-        return own_answer(status, failure.text(detail=detail), reusable=False)
+        return own_answer(request, status, failure.text(detail=detail), reusable=False)
 
     def head_timed_out(self) -> None:
         transport = self.transport

@@ -70,6 +70,7 @@ class Forwarder:
             path,
             request.raw_headers,
             named=connection_named(request),
+            via=b"%d.%d paastis" % (request.version.major, request.version.minor),
             client=client,
             upstream=Upstream(base),
             body_length=length,
@@ -79,6 +80,9 @@ class Forwarder:
         body = request.content if chunked or length else None
         origin = Origin(base.raw_host or "", base.port or 80, base.scheme == "https")
         connection, answer, sender = await self._exchange(request, origin, head, body, chunked)
+        if answer.status == 101 and upgrade is None:
+            self._pool.discard(connection)
+            raise UpstreamBroke("the app switched protocols without being asked to")
         deadline = None if self._timeouts.lifetime is None else started + self._timeouts.lifetime
         try:
             if answer.status == 101 and upgrade is not None:

@@ -81,7 +81,7 @@ class Proxy:
         except BadTarget as exc:
             return answer(request, Failure.BAD_HOST, detail=f"{exc}")
         if target.path == "*":
-            return own_answer(200, "", headers=(("Allow", ALLOWED_METHODS),))
+            return own_answer(request, 200, "", headers=(("Allow", ALLOWED_METHODS),))
         key = target.authority.app_key
         if key is None:
             return answer(
@@ -122,7 +122,7 @@ class Proxy:
             return answer(request, Failure.ASLEEP, app_name)
         if self._policy.wake_strategy == "auto" and is_browser_navigation(request):
             self._lifecycle.wake_in_background(app_name, route.linked_apps)
-            return waiting_page(app_name, head_only=request.method == "HEAD")
+            return waiting_page(request, app_name)
         try:
             outcome.cold = await self._lifecycle.ensure_running(app_name, route.linked_apps)
         except AppNotFound:
@@ -206,9 +206,9 @@ def answer(
     if failure.status == 400:
         log.warning("bad request from %s: %s", request.remote, detail)
     return own_answer(
+        request,
         failure.status,
         failure.text(app, detail),
-        head_only=request.method == "HEAD",
         reusable=reusable,
         headers=failure.value.headers,
     )

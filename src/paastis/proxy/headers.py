@@ -40,8 +40,8 @@ REPLACED_IN_REQUESTS = frozenset(
 )
 DROPPED_FROM_REQUESTS = HOP_BY_HOP | SYSTEM_HEADERS | REPLACED_IN_REQUESTS
 # paastis' entry in `Via` (RFC 9110 §7.6.3): its received-by pseudonym is how a loop is seen.
+# The entry is `<the request's HTTP version> paastis`, e.g. `1.1 paastis`.
 VIA_PSEUDONYM = "paastis"
-VIA_ENTRY = b"1.1 paastis"
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ def upstream_request_head(
     raw: RawHeaders,
     *,
     named: frozenset[bytes],
+    via: bytes,
     client: Client,
     upstream: Upstream,
     body_length: int | None,
@@ -130,7 +131,7 @@ def upstream_request_head(
             previous + b", " + remote if previous else remote,
             proto,
             client.authority.encode(),
-            VIA_ENTRY,
+            via,
         )
     )
     if upgrade is not None:

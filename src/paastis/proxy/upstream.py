@@ -112,7 +112,12 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             exchange.upgrade_tail = data[upgrade.args[0] :]
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamBroke(f"malformed answer: {exc}"))
+            cause = exc.__context__  # what a callback of ours raised, if it was one
+            self._fail(
+                cause
+                if isinstance(cause, UpstreamError)
+                else UpstreamBroke(f"malformed answer: {exc}")
+            )
             self.abort()
             return
         self._wake()
@@ -147,6 +152,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         exchange = self._current()
+        if exchange.head is not None:
+            # A second answer to one request: whatever it is, it must not reach the client.
+            raise UpstreamBroke("the app sent more than one answer")
         exchange.headers = []
         exchange.length = None
         exchange.chunked = False
@@ -166,7 +174,10 @@ class UpstreamConnection(asyncio.Protocol):
             except ValueError:
                 exchange.length = None  # llhttp refuses a malformed one before this
         elif lowered == b"transfer-encoding":
-            exchange.chunked = value.strip().lower().endswith(b"chunked")
+            if exchange.chunked or value.strip().lower() != b"chunked":
+                # Relayed re-chunked, a body in another coding would lose that coding.
+                raise UpstreamBroke(f"the app used transfer coding {value[:40]!r}")
+            exchange.chunked = True
         elif lowered == b"connection":
             exchange.connection.append(value)
 

@@ -40,12 +40,12 @@ PAGE = """<!doctype html>
 """
 
 
-def waiting_page(app_name: str, *, head_only: bool = False) -> web.StreamResponse:
+def waiting_page(request: web.BaseRequest, app_name: str) -> web.StreamResponse:
     """503 with Retry-After and no caching, so the browser comes back to the woken app."""
     return own_answer(
+        request,
         503,
         PAGE.format(app=html.escape(app_name), retry=RETRY_AFTER_SECONDS),
-        head_only=head_only,
         content_type="text/html; charset=utf-8",
         headers=(("Retry-After", str(RETRY_AFTER_SECONDS)), ("X-Paastis-App-State", "waking")),
     )
