@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from daemons import app_pids, start_daemon  # noqa: F401
 from emulators.scalingo import ScalingoEmulator
 from emulators.upstream import UpstreamApp
 from harness import RunningPaastis, start_paastis

@@ -178,15 +178,8 @@ def build_settings(env: Environment, rules_file: Path | None) -> Settings:
     max_idle_time = env.number(
         "START_AND_STOP_MAX_IDLE_TIME", 15, minimum=0, maximum=MAX_IDLE_MINUTES
     )
-    parsed_rules = load_rules_file(rules_file) if rules_file else None
-    rules: list[Rule] = parsed_rules.rules if parsed_rules else []
-    local_apps = parsed_rules.apps if parsed_rules else {}
     provider = provider_settings(env)
-    if provider.name == "local" and not local_apps:
-        raise ConfigError(
-            "PROVIDER_NAME=local needs apps declared under `apps:` in the rules file "
-            f"({rules_file or 'no paastis.yml found; pass --config FILE'})"
-        )
+    rules, local_apps = read_rules(rules_file, provider.name, max_idle_time)
     registry_type = env.choice("REGISTRY_TYPE", ("in-memory", "redis"), "in-memory")
     system_api_enabled = env.boolean("ROUTING_SYSTEM_API_ENABLED", False)
     platform = detect_platform(env.values)
@@ -222,9 +215,31 @@ def build_settings(env: Environment, rules_file: Path | None) -> Settings:
         platform=platform,
         schedule_timezone=schedule_timezone(env),
         rules_file=rules_file,
-        rules=RuleSet(rules, max_idle_time),
+        rules=rules,
         local_apps=local_apps,
     )
+
+
+def read_rules(
+    path: Path | None, provider: str, default_max_idle_time: float
+) -> tuple[RuleSet, dict[str, LocalAppSpec]]:
+    """The rules file's rules and local apps, checked against the provider: at start-up, and
+    again at each SIGHUP."""
+    parsed = load_rules_file(path) if path else None
+    rules: list[Rule] = parsed.rules if parsed else []
+    apps = parsed.apps if parsed else {}
+    if provider == "local" and not apps:
+        raise ConfigError(
+            "PROVIDER_NAME=local needs apps declared under `apps:` in the rules file "
+            f"({path or 'no paastis.yml found; pass --config FILE'})"
+        )
+    if provider != "local" and apps:
+        # Silently ignored, they would look managed when nothing runs them.
+        raise ConfigError(
+            f"{path}: `apps:` declares local apps ({', '.join(sorted(apps))}), which only "
+            f"PROVIDER_NAME=local runs (PROVIDER_NAME={provider}): remove the `apps:` section"
+        )
+    return RuleSet(rules, default_max_idle_time), apps
 
 
 def ignored_apps(

@@ -150,6 +150,14 @@ class Lifecycle:
         for name in linked_apps:
             self.registry.stamp(name, now)
 
+    def use_rules(self, rules: RuleSet) -> None:
+        """Applies reloaded rules (SIGHUP) to the next requests and ticks: what earlier
+        requests' keys said is forgotten, and the next request for an app writes its fields to
+        the registry again."""
+        self.rules = rules
+        self._routes.clear()
+        self._registered_as.clear()
+
     def route_of(self, app_name: str) -> Route:
         """What applies to the app: what the key of the last request for it said (every field
         its rules set, DESIGN §4), else the rules matching the app's own name."""

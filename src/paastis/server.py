@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -17,8 +18,9 @@ from aiohttp import web
 
 from paastis.catalog import AppCatalog
 from paastis.clock import WallClock, utc_now
-from paastis.config import ProviderSettings, Settings
+from paastis.config import ProviderSettings, Settings, read_rules
 from paastis.dashboard import dashboard_response
+from paastis.errors import ConfigError
 from paastis.events import EventLog, InMemoryEventLog
 from paastis.hooks import Hooks
 from paastis.lifecycle import Lifecycle, UpstreamPolicy
@@ -80,6 +82,7 @@ class Server:
         self.main_port: int | None = None
         self.admin_port: int | None = None
         self._stop_requested = asyncio.Event()
+        self._reload_requested = asyncio.Event()
         self._stack: AsyncExitStack | None = None
         self._deadline = Deadline(settings.shutdown_timeout)
 
@@ -90,12 +93,13 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_shutdown)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
             await self._stop_requested.wait()
         finally:
             await self.shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def request_shutdown(self) -> None:
@@ -105,6 +109,45 @@ class Server:
                 self.settings.shutdown_timeout,
             )
         self._stop_requested.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP: the rules file is read again as soon as the loop gets to it."""
+        self._reload_requested.set()
+
+    async def reload(self) -> bool:
+        """Reads the rules file again and applies it to new requests and the next tick;
+        nothing restarts, no connection is dropped, the registry is kept. A file that no
+        longer validates changes nothing. True when the new rules apply."""
+        s = self.settings
+        if s.rules_file is None:
+            log.warning("reload asked for, but paastis started without a rules file: nothing to do")
+            return False
+        try:
+            rules, local_apps = read_rules(s.rules_file, s.provider.name, s.max_idle_time)
+        except ConfigError as exc:
+            message = " ".join(line.strip() for line in str(exc).splitlines())
+            log.error("reload failed, the previous rules stay: %s", message)
+            return False
+        self.lifecycle.use_rules(rules)
+        if isinstance(self.provider, LocalProvider):
+            await self.provider.reconfigure(local_apps)
+            await self.catalog.refresh()  # apps added or removed are known at once
+        self.settings = replace(s, rules=rules, local_apps=local_apps)
+        log.info(
+            "reloaded %s: %d rule(s)%s",
+            s.rules_file, len(rules.rules),
+            f", {len(local_apps)} local app(s)" if isinstance(self.provider, LocalProvider) else "",
+        )  # fmt: skip
+        return True
+
+    async def _reloads(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            try:
+                await self.reload()
+            except Exception:  # the next SIGHUP must still be heard
+                log.exception("reload failed")
 
     async def start(self) -> None:
         """Builds and starts every piece; on failure, what was started is torn down again."""
@@ -175,6 +218,7 @@ class Server:
         # then the scheduler's tick.
         self._background(stack, self.scheduler.run(), stop=self.scheduler.stop)
         self._background(stack, self._stamp_open_connections())
+        self._background(stack, self._reloads())
         stack.push_async_callback(self._until_deadline, self.lifecycle.drain)
         stack.push_async_callback(self._until_deadline, main.close)
         self.main_port = main.port

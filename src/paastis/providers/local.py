@@ -201,6 +201,19 @@ class LocalProvider:
                 await self._run_stop_command(spec)
         return None
 
+    async def reconfigure(self, apps: Mapping[str, LocalAppSpec]) -> None:
+        """Takes the apps of a reloaded rules file (SIGHUP). A running app keeps running; a
+        changed app's new commands apply from its next start or stop. The process of an app
+        no longer declared is terminated: nothing would ever stop it otherwise."""
+        removed = [name for name in self._specs if name not in apps]
+        self._specs = dict(apps)
+        for name in apps:
+            self._runtime.setdefault(name, _AppRuntime())
+        for name in removed:
+            async with self._runtime[name].lock:
+                await self._terminate(name)
+            del self._runtime[name]
+
     async def close(self) -> None:
         """Terminate every process this provider spawned, all at once, bounded by stop_grace."""
         self._closed = True
