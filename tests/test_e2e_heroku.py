@@ -151,6 +151,21 @@ async def test_twenty_apps_are_registered_at_the_first_tick_and_later_ticks_fetc
     assert len(await proxy.server.registry.list()) == 20
 
 
+async def test_two_hundred_apps_are_registered_at_the_first_tick_inside_the_pool(heroku, start):
+    emulator, _ = heroku
+    for index in range(200):
+        emulator.add_app(f"app-{index:03}", formation={"web": index % 2})
+    emulator.rate_limit.per_minute = 0  # what the tick spends shows in what the pool holds
+    proxy = await start()
+
+    report = await proxy.tick()
+
+    assert len(report.registered) == 100  # every running one
+    assert emulator.count("/apps/{app}/dynos", method="GET") == 200
+    assert emulator.total_calls == 201  # and one listing
+    assert emulator.rate_limit.tokens >= 4500 - 201
+
+
 async def test_idle_app_is_stopped_once_after_its_max_idle_time_with_hooks_in_order(
     heroku, start, clock, tmp_path: Path
 ):

@@ -712,3 +712,39 @@ async def test_an_app_of_no_listed_region_is_not_found(
 
     with pytest.raises(AppNotFound):
         await regional.get_app("elsewhere")
+
+
+# -- the rate limit ---------------------------------------------------------------------
+
+
+async def test_a_burst_of_calls_stays_inside_the_window_and_meets_no_429(
+    emulator: ScalingoEmulator, make_provider: MakeProvider
+) -> None:
+    # Scalingo's 60 calls a minute, shrunk to 5 calls in 0.5 s on both sides.
+    emulator.rate_limit_per_minute, emulator.rate_limit_window = 5, 0.5
+    emulator.add_app("shop")
+    provider = make_provider(limiter=SlidingWindow(5, 0.5))
+
+    await asyncio.gather(*(provider.list_apps() for _ in range(12)))
+
+    assert 429 not in emulator.statuses()
+    assert emulator.count("list_apps") == 12
+
+
+async def test_after_a_429_every_call_waits_a_whole_window(
+    emulator: ScalingoEmulator, make_provider: MakeProvider
+) -> None:
+    emulator.add_app("shop")
+    provider = make_provider(limiter=SlidingWindow(1000, 0.4))
+    await provider.list_apps()  # the token exchanged, so that the next call is the 429
+    emulator.fail_next("list_apps", 429)
+
+    async def another_call_meanwhile() -> None:
+        await asyncio.sleep(0.1)  # once the 429 came back
+        await provider.get_app("shop")
+
+    await asyncio.gather(provider.list_apps(), another_call_meanwhile())
+
+    refused = next(c for c in emulator.log if c.status == 429)
+    later = [c.at for c in emulator.log if c.at > refused.at]
+    assert later and min(later) - refused.at >= 0.4 * 0.95

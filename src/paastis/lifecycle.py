@@ -292,8 +292,10 @@ class Lifecycle:
             remembered = await self.registry.formation(app_name)
             why = WhyNotYet()
             async with within(timeout, lambda: self._wake_timeout(app_name, timeout, why)):
+                # Known before the start: an app paastis cannot reach is not started at all.
+                readiness_url = await self._readiness_url(app)
                 startup = await self.provider.start(app_name, remembered)
-                await self._until_running(app, startup, why)
+                await self._until_running(startup, readiness_url, why)
             # Only now: requests arriving meanwhile joined this wake instead of racing ahead.
             self.catalog.set_state(app_name, AppState.RUNNING)
         except BaseException as exc:
@@ -320,20 +322,25 @@ class Lifecycle:
         if not isinstance(exc, asyncio.CancelledError):
             await self.events.record(events.APP_START_FAILED, app_name)
 
-    async def _until_running(self, app: PaasApp, startup: Startup, why: WhyNotYet) -> None:
+    async def _readiness_url(self, app: PaasApp) -> str | None:
+        """Where the readiness check asks, None when it is off."""
+        path = self._readiness_path(app.name)
+        if not path:
+            return None
+        return (await self.resolve_upstream(app)).rstrip("/") + path
+
+    async def _until_running(self, startup: Startup, url: str | None, why: WhyNotYet) -> None:
         """Returns once the provider says the app runs and its upstream answers the
-        readiness path below 500: both must agree before a request is forwarded.
+        readiness `url` below 500: both must agree before a request is forwarded.
 
         The readiness check costs no provider call, so it runs every READINESS_INTERVAL from
         the moment the platform accepted the start; the provider is asked on its own backoff,
         and at once (within its pace) when the upstream starts answering.
         """
-        path = self._readiness_path(app.name)
-        if not path:
+        if url is None:
             why.upstream = None
             await poll_until(self._provider_check(startup, why), self.provider.poll.quicker())
             return
-        url = (await self.resolve_upstream(app)).rstrip("/") + path
         answering = asyncio.Event()
         readiness = asyncio.ensure_future(self._until_ready(url, answering, why))
         try:
