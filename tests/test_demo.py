@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "local.yml"
 DEMO_PORTS = {"hello": "8001", "docs": "8002"}
 SECRET = "PAASTIS_DEMO_SECRET=do-not-serve-me-0123456789"
+
+
+def readme_try_it_arguments() -> list[str]:
+    """The options of the README's "Try it" command (`... PROVIDER_NAME=local paastis ...`)."""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if "PROVIDER_NAME=local paastis " in line and line.startswith("python3 -m venv"):
+            return shlex.split(line.split("PROVIDER_NAME=local paastis ", 1)[1])
+    raise AssertionError("README.md has no Try-it command running PROVIDER_NAME=local paastis")
 
 
 def get(port: int, host: str, path: str) -> tuple[int, str]:
@@ -103,3 +113,18 @@ def test_the_demo_apps_serve_their_own_page_not_the_checkout(demo: int, app: str
         status, body = get(demo, app, secret)
         assert status == 404, f"{app} served {secret}"
         assert "do-not-serve-me" not in body and "token@" not in body
+
+
+def test_the_try_it_command_listens_on_loopback_only() -> None:
+    arguments = readme_try_it_arguments()
+    assert arguments[arguments.index("--host") + 1] == "127.0.0.1"
+    assert arguments[arguments.index("--config") + 1] == "examples/local.yml"
+
+
+def test_the_readme_test_command_installs_what_ci_installs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = re.search(r"python -m pip install --quiet (-c requirements.lock -e '\.\[test\]')", ci)
+    assert install, ".ci/run no longer installs the project with the lock"
+    assert f"pip install {install[1]} && python -m pytest" in readme
+    assert ci.rstrip().endswith("python -m pytest")

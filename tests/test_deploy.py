@@ -30,7 +30,7 @@ from processes import accepts_connections, free_port, quiet_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
-REGENERATE = "uv pip compile --universal pyproject.toml -o requirements.lock"
+REGENERATE = "uv pip compile --universal --python-version 3.11 pyproject.toml -o requirements.lock"
 OUT_OF_SYNC = (
     "requirements.lock is out of sync with pyproject.toml's dependencies ({}). "
     f"Regenerate it from the root of the checkout with:  {REGENERATE}  (and commit it)"
@@ -130,11 +130,20 @@ def test_every_runtime_dependency_is_pinned_in_the_lock_within_its_range() -> No
     direct = {name for name, pin in pins.items() if "paastis (pyproject.toml)" in pin.via}
     wanted = {canonicalize_name(requirement.name) for requirement in runtime_dependencies()}
     problems += [f"{name} is no longer a dependency" for name in sorted(direct - wanted)]
+    problems += [
+        f"{name} is pinned only as a dependency of others"
+        for name in sorted(wanted - direct)
+        if name in pins
+    ]
     assert not problems, OUT_OF_SYNC.format("; ".join(problems))
 
 
 @pytest.mark.pypi
 def test_the_lock_is_what_uv_resolves_from_pyproject(tmp_path: Path) -> None:
+    # The lower bound of the resolution is pinned: without it, uv would resolve for whichever
+    # Python it finds (a .python-version's 3.12 drops the pins only 3.11 needs).
+    minimum = pyproject()["project"]["requires-python"].removeprefix(">=")
+    assert f"--python-version {minimum} " in REGENERATE
     # uv keeps the versions of an existing output file: a lock in sync comes out unchanged,
     # and any change of pyproject's dependencies shows up as a difference.
     output = tmp_path / "requirements.lock"
@@ -142,7 +151,7 @@ def test_the_lock_is_what_uv_resolves_from_pyproject(tmp_path: Path) -> None:
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
     assert uv, "uv is missing: pip install -e '.[test]'"
     result = subprocess.run(
-        [uv, "pip", "compile", "--universal", "--quiet", "pyproject.toml", "-o", str(output)],
+        [uv, *REGENERATE.replace("requirements.lock", str(output)).split()[1:], "--quiet"],
         cwd=ROOT,
         capture_output=True,
         text=True,
