@@ -71,6 +71,13 @@ def test_help_lists_every_option(tmp_path: Path) -> None:
         assert option in result.stdout
 
 
+def test_help_says_where_the_configuration_comes_from(tmp_path: Path) -> None:
+    result = run(["--help"], clean_env(), tmp_path)
+
+    for mention in ("PROVIDER_NAME", "environment variables", ".env", "env.sample", "SIGHUP"):
+        assert mention in result.stdout
+
+
 # --check -----------------------------------------------------------------------------------
 
 

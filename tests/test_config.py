@@ -556,7 +556,29 @@ def test_bad_boolean_is_an_error(cwd: Path, variable: str) -> None:
     message = error_of({**SCALINGO, variable: "maybe"}, cwd)
 
     assert f"{variable}='maybe'" in message
-    assert "true or false" in message
+    assert "accepted: true/false, yes/no, 1/0, on/off" in message
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "on", "TRUE", "On"])
+def test_every_accepted_true_spelling_is_true(cwd: Path, value: str) -> None:
+    assert (
+        load(
+            {
+                **SCALINGO,
+                "UPSTREAM_TLS_VERIFY": "no",
+                "ROUTING_SYSTEM_API_ENABLED": value,
+                "ROUTING_SYSTEM_API_TOKEN": SYSTEM_TOKEN,
+            },
+            cwd,
+        ).system_api_enabled
+        is True
+    )
+
+
+def test_a_bad_user_agent_pattern_is_shown_as_written(cwd: Path) -> None:
+    message = error_of({**SCALINGO, "PROXY_NO_WAKE_USER_AGENTS": r"bot-(\d+"}, cwd)
+
+    assert r"PROXY_NO_WAKE_USER_AGENTS='bot-(\d+'" in message
 
 
 @pytest.mark.parametrize("value", ["-1", "abc", "nan", "inf", "1e20", "15min"])
@@ -826,3 +848,34 @@ def test_an_unknown_schedule_timezone_is_an_error(cwd: Path, zone: str) -> None:
 
     assert f"SCHEDULE_TIMEZONE={zone!r}" in message
     assert "Europe/Paris" in message
+
+
+# What --check shows -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "api_url"),
+    [
+        (SCALINGO, "https://api.osc-fr1.scalingo.com"),
+        (
+            {**SCALINGO, "PROVIDER_REGION": "osc-secnum-fr1"},
+            "https://api.osc-secnum-fr1.scalingo.com",
+        ),
+        (
+            {**SCALINGO, "PROVIDER_REGION": "osc-fr1,osc-secnum-fr1"},
+            {
+                "osc-fr1": "https://api.osc-fr1.scalingo.com",
+                "osc-secnum-fr1": "https://api.osc-secnum-fr1.scalingo.com",
+            },
+        ),
+        (
+            {**SCALINGO, "PROVIDER_SCALINGO_API_URL": "http://127.0.0.1:9001"},
+            "http://127.0.0.1:9001",
+        ),
+        (HEROKU, "https://api.heroku.com"),
+        (CLEVER, "https://api-bridge.clever-cloud.com"),
+    ],
+    ids=["scalingo", "scalingo-region", "scalingo-regions", "scalingo-url", "heroku", "clever"],
+)
+def test_check_shows_the_resolved_provider_api_url(cwd: Path, env: dict[str, str], api_url) -> None:
+    assert describe(load(env, cwd))["provider"]["api_url"] == api_url

@@ -421,3 +421,9 @@ def test_an_invalid_keep_awake_names_the_rule_and_the_key(expression: str) -> No
 
     assert "rule 2, key 'keep_awake'" in message
     assert repr(expression) in message
+
+
+def test_a_bad_pattern_is_shown_as_written_without_doubled_backslashes() -> None:
+    message = error_of("rules:\n  - pattern: 'app-(\\d+'\n")
+
+    assert "invalid regular expression 'app-(\\d+'" in message

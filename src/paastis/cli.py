@@ -26,10 +26,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_CONFIG_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
+EPILOG = """\
+configuration:
+  Everything else comes from environment variables, or from a .env file in the working
+  directory (--env-file FILE); a command-line option beats the environment, which beats
+  .env. PROVIDER_NAME is required: scalingo, heroku, clever-cloud or local, with that
+  provider's credentials (PROVIDER_SCALINGO_API_TOKEN, PROVIDER_HEROKU_API_TOKEN,
+  PROVIDER_CLEVER_API_TOKEN; local declares its apps under `apps:` in paastis.yml).
+  Others: REGISTRY_TYPE, REGISTRY_REDIS_URL, REGISTRY_IGNORED_APPS,
+  START_AND_STOP_MAX_IDLE_TIME, START_AND_STOP_CHECKING_INTERVAL_CRON,
+  ROUTING_SYSTEM_API_ENABLED, ADMIN_PORT, HOOKS_*, LOG_LEVEL, ...
+  env.sample (in the repository) lists every variable with its default and meaning, and
+  paastis.yml.sample every rule key; paastis --check shows what would run.
+
+signals:
+  SIGTERM, SIGINT  finish in-flight work (at most SHUTDOWN_TIMEOUT seconds), then exit 0
+  SIGHUP           read paastis.yml again (rules, and local apps)
+"""
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="paastis",
         description="A reverse proxy that puts idle PaaS apps to sleep and wakes them on demand.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", "-H", help="listen address (HOST, default 0.0.0.0)")
     p.add_argument("--port", "-P", help="listen port (PORT, default 3000)")

@@ -26,6 +26,7 @@ from paastis.rules import (
     Rule,
     RuleSet,
     load_rules_file,
+    quoted,
 )
 from paastis.urls import mask_url
 
@@ -45,6 +46,8 @@ DEFAULT_NO_WAKE_USER_AGENTS = (
     r"|(?<!cu)bot\b|crawler|spider"
 )
 SECRET_HINTS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+# Where the Scalingo API of a region is, unless PROVIDER_SCALINGO_API_URL says otherwise.
+SCALINGO_API_URL = "https://api.{region}.scalingo.com"
 
 
 @dataclass(frozen=True)
@@ -493,7 +496,9 @@ class Environment:
             return True
         if lowered in ("false", "0", "no", "off"):
             return False
-        raise ConfigError(f"{self.shown(name, value)} is invalid (accepted: true or false)")
+        raise ConfigError(
+            f"{self.shown(name, value)} is invalid (accepted: true/false, yes/no, 1/0, on/off)"
+        )
 
     def number(
         self, name: str, default: float, *, minimum: float, maximum: float | None = None
@@ -564,7 +569,7 @@ class Environment:
             return re.compile(value)
         except re.error as exc:
             raise ConfigError(
-                f"{name}={value!r} is not a valid regular expression ({exc})"
+                f"{name}={quoted(value)} is not a valid regular expression ({exc})"
             ) from None
 
 
@@ -603,14 +608,36 @@ PROVIDER_PREFIXES = {"scalingo": "scalingo_", "heroku": "heroku_", "clever-cloud
 
 
 def provider_summary(provider: ProviderSettings) -> dict[str, Any]:
-    """The provider's settings that matter for the chosen provider, secrets masked."""
+    """The provider's settings that matter for the chosen provider, secrets masked, and the
+    API URL the adapter will call."""
     own = PROVIDER_PREFIXES.get(provider.name, "\0")
     prefixes = tuple(p for p in PROVIDER_PREFIXES.values() if p != own)
-    return {
+    summary = {
         f.name: mask(f.name, getattr(provider, f.name))
         for f in fields(provider)
         if getattr(provider, f.name) is not None and not f.name.startswith(prefixes)
     }
+    api_url = resolved_api_url(provider)
+    if api_url is not None:
+        summary["api_url"] = api_url
+    return summary
+
+
+def resolved_api_url(provider: ProviderSettings) -> str | dict[str, str] | None:
+    """The provider API's base URL (Scalingo: per region when there are several)."""
+    if provider.name == "scalingo":
+        template = provider.scalingo_api_url or SCALINGO_API_URL
+        urls = {region: template.replace("{region}", region) for region in provider.regions}
+        return (
+            mask_url(urls[provider.regions[0]])
+            if len(urls) == 1
+            else {region: mask_url(url) for region, url in urls.items()}
+        )
+    if provider.name == "heroku":
+        return mask_url(provider.heroku_api_url)
+    if provider.name == "clever-cloud":
+        return mask_url(provider.clever_api_host)
+    return None
 
 
 def mask(name: str, value: Any) -> Any:

@@ -333,7 +333,7 @@ def parse_pattern(item: Mapping[str, Any], where: str) -> re.Pattern[str]:
         return re.compile(text)
     except re.error as exc:
         raise ConfigError(
-            f"{where}, key 'pattern': invalid regular expression {text!r} ({exc})"
+            f"{where}, key 'pattern': invalid regular expression {quoted(text)} ({exc})"
         ) from None
 
 
@@ -376,8 +376,8 @@ def check_group_references(rule: Rule, where: str) -> None:
             missing = missing_groups(template, groups) if template else []
             if missing:
                 raise ConfigError(
-                    f"{where}, key {key!r}: {missing[0]} in {template!r} names no group of "
-                    f"the pattern {rule.pattern.pattern!r} (it has {groups})"
+                    f"{where}, key {key!r}: {missing[0]} in {quoted(template)} names no group "
+                    f"of the pattern {quoted(rule.pattern.pattern)} (it has {groups})"
                 )
 
 
@@ -430,6 +430,12 @@ def expect_str(item: Mapping[str, Any], key: str, where: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigError(f"{where}, key {key!r}: expected a string, got {value!r}")
     return value
+
+
+def quoted(text: str) -> str:
+    """`text` in quotes as written: the backslashes of a regular expression are shown as
+    typed, not doubled as repr() would double them."""
+    return f"'{text}'"
 
 
 def type_name(value: Any) -> str:
