@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,23 @@ from harness import RunningPaastis, start_paastis
 from redis_support import redis_db, redis_server, redis_server_factory  # noqa: F401
 
 StartPaastis = Callable[..., Awaitable[RunningPaastis]]
+
+# The proxy's byte-level tests run on uvloop too (the `speed` extra): its transports are not
+# asyncio's classes, only alike.
+BOTH_EVENT_LOOPS = {"test_proxy_fidelity", "test_proxy_websocket_fidelity"}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item):  # type: ignore[no-untyped-def]
+    factories = {"asyncio": asyncio.new_event_loop}
+    module = getattr(item, "module", None)
+    if module is None or module.__name__ not in BOTH_EVENT_LOOPS:
+        return factories
+    try:
+        import uvloop
+    except ImportError:
+        return factories
+    factories["uvloop"] = uvloop.new_event_loop
+    return factories
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import asyncio
 import ssl
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import cast
 
 import httptools
 
@@ -96,8 +97,8 @@ class UpstreamConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
