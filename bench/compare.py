@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,8 +195,10 @@ PROXY_SERVER = """
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $host;
-            # Answers held in memory, never spilled to a temporary file.
-            proxy_buffers 64 16k;
+            # Answers read 64 KiB at a time, held in memory, never spilled to a temporary file.
+            proxy_buffer_size 64k;
+            proxy_buffers 16 64k;
+            proxy_busy_buffers_size 128k;
             proxy_max_temp_file_size 0;
         }}
     }}
@@ -255,9 +258,13 @@ class RowReport:
     rss_after: float | None = None
     requests_for_rss: int = 0
     provider_calls: float | None = None
-    redis_commands: int | None = None
+    redis_commands: Counter[str] | None = None
     requests_total: int = 0
     seconds_total: float = 0.0
+
+
+def path_of(size_label: str) -> str:
+    return "1k" if SIZES[size_label] == 1024 else "1m"
 
 
 def slug(name: str) -> str:
@@ -328,13 +335,15 @@ def provider_calls(admin_port: int) -> float:
     )
 
 
-def redis_command_count(port: int) -> int:
-    """Every command Redis served so far (INFO commandstats), the INFO calls themselves aside."""
+def redis_commands(port: int) -> Counter[str]:
+    """The commands Redis served so far, by name (INFO commandstats), INFO itself aside."""
     import redis
 
     with redis.Redis(port=port, socket_timeout=5) as client:
         stats = client.info("commandstats")
-    return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+    return Counter(
+        {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items() if k != "cmdstat_info"}
+    )
 
 
 @contextlib.contextmanager
@@ -344,7 +353,8 @@ def py_spy(pid: int, output: Path, seconds: float) -> Iterator[None]:
         subprocess.Popen(
             [
                 "py-spy", "record", "--pid", str(pid), "--duration", str(round(seconds)),
-                "--rate", "250", "--format", fmt, "--output", str(output.with_suffix(suffix)),
+                "--rate", "250", "--threads", "--nonblocking", "--format", fmt,
+                "--output", str(output.with_suffix(suffix)),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -361,27 +371,66 @@ def py_spy(pid: int, output: Path, seconds: float) -> Iterator[None]:
                 recorder.kill()
 
 
+def profile_summary(raw: Path, top: int = 25) -> str:
+    """Where the event loop's thread was (self), and paastis' own functions with what they
+    called (inclusive), as shares of its samples; from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    stacks: list[tuple[str, list[str], int]] = []
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            thread, *frames = stack.split(";")
+            threads[thread] += int(count)
+            stacks.append((thread, [frame_name(frame) for frame in frames], int(count)))
+    if not threads:
+        return "no samples (is py-spy allowed to ptrace?)\n"
+    # The event loop's thread is the one that runs paastis' command line.
+    loop_thread = Counter(
+        {t: n for t, frames, n in stacks if any("paastis/cli.py" in f for f in frames)}
+    ).most_common(1)
+    main = loop_thread[0][0] if loop_thread else threads.most_common(1)[0][0]
+    total = threads[main]
+    for thread, frames, n in stacks:
+        if thread == main and frames:
+            own[frames[-1]] += n
+            for frame in set(frames):
+                if "paastis/" in frame:
+                    inclusive[frame] += n
+    others = threads.total() - total
+    lines = [f"{total} samples of the event loop's thread ({others} of other threads); self:"]
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in own.most_common(top)]
+    lines.append("paastis functions, inclusive:")
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)]
+    return "\n".join(lines) + "\n"
+
+
+def frame_name(frame: str) -> str:
+    """`handle (paastis/proxy.py:87)` -> `handle (paastis/proxy.py)`: lines apart, summed."""
+    name, _, where = frame.partition(" (")
+    path = re.sub(r".*/(site-packages|src|python3\.\d+)/", "", where.rsplit(":", 1)[0])
+    return f"{name} ({path})"
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
 def measure(target: Target, args: argparse.Namespace, redis_port: int | None) -> RowReport:
     report = RowReport(target.name)
     base = f"http://127.0.0.1:{target.port}"
-    wrk(f"{base}/1k", 8, WARM_UP_SECONDS)  # wakes the app (paastis), fills the pools
+    # Wakes the app (paastis), fills the connection pools and the buffers of both sizes.
+    wrk(f"{base}/1k", 64, WARM_UP_SECONDS)
+    if "1 MiB" in args.sizes:
+        wrk(f"{base}/1m", 64, WARM_UP_SECONDS)
     report.rss_warm = rss_mib(target.pid)
     calls_before = provider_calls(target.admin_port) if target.admin_port else None
-    redis_before = redis_command_count(redis_port) if target.uses_redis and redis_port else None
+    redis_before = redis_commands(redis_port) if target.uses_redis and redis_port else None
     started = time.monotonic()
     for label in args.sizes:
-        url = f"{base}/{'1k' if SIZES[label] == 1024 else '1m'}"
+        url = f"{base}/{path_of(label)}"
         cpu_before = cpu_seconds(target.pid)
-        profiling = (
-            py_spy(target.pid, args.profile / slug(target.name), args.duration)
-            if args.profile and target.is_paastis and label == "1 KiB"
-            else contextlib.nullcontext()
-        )
-        with profiling:
-            load = wrk(url, 64, args.duration)
+        load = wrk(url, 64, args.duration)
         cpu = cpu_seconds(target.pid) - cpu_before
         latency = wrk(url, 8, args.latency_duration, latency=True)
         report.requests_total += load.requests + latency.requests
@@ -393,18 +442,17 @@ def measure(target: Target, args: argparse.Namespace, redis_port: int | None) ->
             errors=load.errors + latency.errors,
         )
     if target.is_paastis and args.rss_requests:
-        # More small requests until 100,000 went through, for the memory after load.
+        # More small requests until 100,000 went through since warm, for the memory after load.
         deadline = time.monotonic() + 300
         while report.requests_total < args.rss_requests and time.monotonic() < deadline:
-            more = wrk(f"{base}/1k", 64, 5).requests
-            report.requests_total += more
-        report.requests_for_rss = report.requests_total
-        report.rss_after = rss_mib(target.pid)
+            report.requests_total += wrk(f"{base}/1k", 64, 5).requests
+    report.requests_for_rss = report.requests_total
+    report.rss_after = rss_mib(target.pid)
     report.seconds_total = time.monotonic() - started
     if calls_before is not None and target.admin_port:
         report.provider_calls = provider_calls(target.admin_port) - calls_before
     if redis_before is not None and redis_port:
-        report.redis_commands = redis_command_count(redis_port) - redis_before
+        report.redis_commands = redis_commands(redis_port) - redis_before
     return report
 
 
@@ -506,42 +554,72 @@ def run(args: argparse.Namespace) -> None:
                 )  # fmt: skip
                 processes.append(redis)
                 wait_for_port(redis_port, redis)
-            reports = [direct_row(args, upstream_port, upstream)]
-            for target in rows:
-                print(f"measuring {target.name} ...", file=sys.stderr, flush=True)
-                reports.append(measure_several(target, args, workdir, redis_port))
+            direct = Target("direct", [], upstream_port, process=upstream)  # measured in place
+            runs: dict[str, list[RowReport]] = {row.name: [] for row in [direct, *rows]}
+            # Round after round over every row, so that whatever else loads the machine
+            # meanwhile spreads over all rows rather than hitting one.
+            for round_number in range(1, args.repeat + 1):
+                for target in [direct, *rows]:
+                    print(
+                        f"round {round_number}/{args.repeat}: {target.name} ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    runs[target.name].append(measure_row(target, args, workdir, redis_port))
+            if args.profile:
+                for target in rows:
+                    if target.is_paastis:
+                        print(f"profiling {target.name} ...", file=sys.stderr, flush=True)
+                        profile_row(target, args, workdir, redis_port)
         finally:
             for process in reversed(processes):
                 stop(process)
-        print_tables(reports, args, cores)
+        print_tables([median_report(row_runs) for row_runs in runs.values()], args, cores)
 
 
-def direct_row(args: argparse.Namespace, port: int, upstream: subprocess.Popen) -> RowReport:
-    print("measuring direct ...", file=sys.stderr, flush=True)
-    target = Target("direct", [], port, process=upstream)  # already up: measured in place
-    return median_report([measure(target, args, None) for _ in range(args.repeat)])
+def profile_row(target: Target, args: argparse.Namespace, workdir: Path, redis_port: int) -> None:
+    """py-spy on the row's process under the 64-connection load of each size (apart from the
+    measured runs, which the sampling would slow down)."""
+    prepare(target, workdir, redis_port)
+    target.start(workdir)
+    try:
+        base = f"http://127.0.0.1:{target.port}"
+        wrk(f"{base}/1k", 64, WARM_UP_SECONDS)
+        for label in args.sizes:
+            output = args.profile / f"{slug(target.name)}-{slug(label)}"
+            with py_spy(target.pid, output, args.duration):
+                wrk(f"{base}/{path_of(label)}", 64, args.duration)
+            summary = profile_summary(output.with_suffix(".txt"))
+            output.with_suffix(".top.txt").write_text(summary)
+            print(f"\n{target.name}, {label}: {output}.svg\n{summary}", file=sys.stderr)
+    finally:
+        assert target.process is not None
+        stop(target.process)
 
 
-def measure_several(
-    target: Target, args: argparse.Namespace, workdir: Path, redis_port: int | None
+def prepare(target: Target, workdir: Path, redis_port: int) -> None:
+    if target.is_paastis:  # the app asleep and unregistered, for the warm-up to wake it
+        (workdir / "app-running").unlink(missing_ok=True)
+        if target.uses_redis:
+            import redis
+
+            with redis.Redis(port=redis_port) as client:
+                client.flushdb()
+
+
+def measure_row(
+    target: Target, args: argparse.Namespace, workdir: Path, redis_port: int
 ) -> RowReport:
-    """`--repeat` runs of one row, each against a freshly started process; the median wins."""
-    runs = []
-    for _ in range(args.repeat):
-        if target.is_paastis:  # the app asleep and unregistered, for the warm-up to wake it
-            (workdir / "app-running").unlink(missing_ok=True)
-            if target.uses_redis and redis_port:
-                import redis
-
-                with redis.Redis(port=redis_port) as client:
-                    client.flushdb()
-        target.start(workdir)
-        try:
-            runs.append(measure(target, args, redis_port))
-        finally:
-            assert target.process is not None
-            stop(target.process)
-    return median_report(runs)
+    """One run of a row, against a freshly started process (the upstream excepted)."""
+    if target.name == "direct":
+        return measure(target, args, None)
+    prepare(target, workdir, redis_port)
+    target.start(workdir)
+    try:
+        return measure(target, args, redis_port)
+    finally:
+        assert target.process is not None
+        stop(target.process)
 
 
 def median_report(runs: list[RowReport]) -> RowReport:
@@ -603,10 +681,12 @@ def print_tables(reports: list[RowReport], args: argparse.Namespace, cores: int)
         if report.provider_calls is not None:
             notes.append(f"{report.provider_calls:.0f} provider calls")
         if report.redis_commands is not None:
+            total = report.redis_commands.total()
+            names = ", ".join(f"{n} {name}" for name, n in report.redis_commands.most_common())
             notes.append(
-                f"{report.redis_commands} Redis commands in {report.seconds_total:.0f}s "
+                f"{total} Redis commands ({names or 'none'}) in {report.seconds_total:.0f}s "
                 f"for {report.requests_total:,} requests "
-                f"({report.redis_commands / max(report.requests_total, 1):.5f} per request)"
+                f"({total / max(report.requests_total, 1):.5f} per request)"
             )
         if notes:
             print(f"- {report.name}: " + "; ".join(notes))
