@@ -7,13 +7,19 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import pytest
 
-from paastis.logs import configure_logging
+from paastis.logs import JsonFormatter, TextFormatter, configure_logging
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 SECRET = "tk-us-very-secret-0123456789"
+# Module switches configure_logging turns off (records then skip looking the values up).
+RECORD_SWITCHES = ("logThreads", "logProcesses", "logMultiprocessing", "logAsyncioTasks")
 
 
 @pytest.fixture(autouse=True)
@@ -21,9 +27,12 @@ def restore_root_logger() -> Iterator[None]:
     """configure_logging replaces the root logger's handlers: give pytest's back afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    switches = {name: getattr(logging, name, None) for name in RECORD_SWITCHES}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, value in switches.items():
+        setattr(logging, name, value)
 
 
 def logged_lines(capsys: pytest.CaptureFixture[str], stop_logging: Callable[[], None]) -> list[str]:
@@ -175,3 +184,79 @@ def test_a_blocked_stderr_never_blocks_the_code_that_logs(
 
     assert written_meanwhile == ""  # the call returned before anything could be written
     assert "logged while stderr is blocked" in stream.getvalue()
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_a_burst_of_lines_is_written_in_order_in_a_few_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = CountingStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    stop_logging = configure_logging("info", "text")
+
+    for number in range(2000):
+        logging.getLogger("paastis.access").info("request %d", number)
+    stop_logging()
+
+    lines = stream.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [str(n) for n in range(2000)]
+    # One write per batch, not per line: the writer wakes at most every WRITE_INTERVAL.
+    assert stream.writes < 200
+
+
+def test_a_line_is_written_without_waiting_for_the_next_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    stop_logging = configure_logging("info", "text")
+    try:
+        logging.getLogger("paastis.test").info("alone")
+        deadline = time.monotonic() + 5
+        while "alone" not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "paastis.test: alone" in stream.getvalue()
+    finally:
+        stop_logging()
+
+
+def record_at(created: float, **fields: object) -> logging.LogRecord:
+    record = logging.makeLogRecord(
+        {"name": "paastis.test", "levelno": logging.WARNING, "levelname": "WARNING", **fields}
+    )
+    record.created, record.msecs = created, int((created - int(created)) * 1000)
+    return record
+
+
+def test_text_lines_read_as_logging_s_own_formatter_writes_them() -> None:
+    ours, reference = TextFormatter(), logging.Formatter(TEXT_FORMAT)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        failure = sys.exc_info()
+    records = [
+        record_at(1_764_000_000.123, msg="first %s", args=("line",)),
+        record_at(1_764_000_000.999, msg="same second"),
+        record_at(1_764_000_001.004, msg="next second"),
+        record_at(1_764_003_600.5, msg="an hour later", exc_info=failure),
+        record_at(1_764_003_600.6, msg="with a stack", stack_info="Stack (most recent call last)"),
+    ]
+
+    assert [ours.format(r) for r in records] == [reference.format(r) for r in records]
+
+
+def test_json_time_is_the_record_s_utc_time_to_the_millisecond() -> None:
+    formatter = JsonFormatter()
+    for created in (1_764_000_000.123456, 1_764_000_000.9871, 1_764_086_399.5):
+        entry = json.loads(formatter.format(record_at(created, msg="x")))
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert entry["time"] == expected
