@@ -467,10 +467,14 @@ def targets(args: argparse.Namespace, workdir: Path, upstream: int, redis: int) 
     )
     uvloop = has_uvloop()
 
-    def paastis(name: str, level: str, registry: str, with_uvloop: bool = False) -> Target:
+    def paastis(
+        name: str, level: str, registry: str, with_uvloop: bool = False, src: Path | None = None
+    ) -> Target:
         port, admin = free_port(), free_port()
         env = {
             **os.environ,
+            # The baseline's sources come first on the path, before the installed paastis.
+            **({"PYTHONPATH": str(src)} if src else {}),
             "PROVIDER_NAME": "local",
             "HOST": "127.0.0.1",
             "PORT": str(port),
@@ -505,6 +509,12 @@ def targets(args: argparse.Namespace, workdir: Path, upstream: int, redis: int) 
         paastis("paastis warning", "warning", "in-memory"),
         paastis("paastis redis", "info", "redis"),
     ]
+    if args.baseline:
+        src = baseline_sources(args.baseline, workdir)
+        rows += [
+            paastis(f"paastis @{args.baseline}", "info", "in-memory", src=src),
+            paastis(f"paastis warning @{args.baseline}", "warning", "in-memory", src=src),
+        ]
     if uvloop:
         rows.append(paastis("paastis uvloop", "info", "in-memory", with_uvloop=True))
         rows.append(
@@ -521,8 +531,27 @@ def targets(args: argparse.Namespace, workdir: Path, upstream: int, redis: int) 
         )
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
-        rows = [row for row in rows if any(w == row.name or w == slug(row.name) for w in wanted)]
+        rows = [row for row in rows if selected(row.name, wanted)]
     return rows
+
+
+def selected(name: str, wanted: list[str]) -> bool:
+    """Whether --only names the row; a baseline row goes with its row (`paastis @main`)."""
+    name = name.split(" @", 1)[0]
+    return any(w in (name, slug(name)) for w in wanted)
+
+
+def baseline_sources(revision: str, workdir: Path) -> Path:
+    """paastis' package as of a git revision of this checkout, in `workdir`/baseline/src."""
+    root = workdir / "baseline"
+    root.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(HERE.parent), "archive", revision, "src/paastis"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root / "src"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -720,6 +749,11 @@ def main() -> None:
         "--rss-requests", type=int, default=100_000, help="requests before paastis' RSS after load"
     )
     parser.add_argument("--profile", type=Path, help="py-spy each paastis row into this folder")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run paastis as of this git revision (info and warning), e.g. main",
+    )
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
     args = parser.parse_args()
     args.sizes = [s.strip() for s in args.sizes.split(",")]
