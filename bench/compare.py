@@ -261,6 +261,8 @@ class RowReport:
     redis_commands: Counter[str] | None = None
     requests_total: int = 0
     seconds_total: float = 0.0
+    # Per size, the lowest and highest req/s and CPU per request of the rounds (--repeat).
+    spread: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
 
 def path_of(size_label: str) -> str:
@@ -657,6 +659,8 @@ def median_report(runs: list[RowReport]) -> RowReport:
     best = runs[len(runs) // 2]
     for label in best.by_size:
         measures = [run.by_size[label] for run in runs]
+        rates, cpus = [m.requests_per_s for m in measures], [m.cpu_us for m in measures]
+        best.spread[label] = (min(rates), max(rates), min(cpus), max(cpus))
         best.by_size[label] = Measure(
             requests_per_s=statistics.median(m.requests_per_s for m in measures),
             p50_ms=statistics.median(m.p50_ms for m in measures),
@@ -716,6 +720,10 @@ def print_tables(reports: list[RowReport], args: argparse.Namespace, cores: int)
                 f"{total} Redis commands ({names or 'none'}) in {report.seconds_total:.0f}s "
                 f"for {report.requests_total:,} requests "
                 f"({total / max(report.requests_total, 1):.5f} per request)"
+            )
+        for label, (low, high, cpu_low, cpu_high) in report.spread.items():
+            notes.append(
+                f"{label} rounds: {low:,.0f}-{high:,.0f} req/s, {cpu_low:,.0f}-{cpu_high:,.0f} µs"
             )
         if notes:
             print(f"- {report.name}: " + "; ".join(notes))
