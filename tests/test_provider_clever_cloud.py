@@ -28,6 +28,7 @@ from paastis.providers.clever_cloud import (
     oauth_plaintext_header,
 )
 from paastis.providers.kit import start_and_wait
+from waiting import eventually
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -504,6 +505,21 @@ async def test_a_wake_joins_its_own_deployment_still_in_progress(
 
     assert emulator.count("instances", method="POST", app=app_id) == 1
     assert emulator.apps[app_id].state == "SHOULD_BE_UP"
+
+
+async def test_a_wake_after_its_deployment_ended_elsewhere_redeploys(
+    provider: CleverCloudProvider, emulator: CleverEmulator
+) -> None:
+    app_id = emulator.add_app("front", state="SHOULD_BE_DOWN")
+    emulator.boot_delay = 0.05
+    await provider.start("front", None)  # a wake that timed out, say
+    await eventually(lambda: emulator.apps[app_id].state == "SHOULD_BE_UP")
+    emulator.undeploy(app_id)  # stopped from the console meanwhile
+
+    await start_and_wait(provider, "front", None)
+
+    assert emulator.count("instances", method="POST", app=app_id) == 2
+    assert emulator.is_serving(app_id)
 
 
 async def test_a_wake_joins_a_deployment_the_app_shows_in_progress(

@@ -27,6 +27,7 @@ from paastis.providers import (
     Formation,
     Provider,
     ProviderAuthError,
+    ProviderError,
     WakeTimeout,
 )
 from paastis.providers.api import ProviderCallCounter
@@ -56,6 +57,7 @@ class Platform:
     serving: Callable[[str], bool]
     set_boot: Callable[[float], None]
     reject_credentials: Callable[[], None] | None  # None: the provider has none
+    garble_listing: Callable[[], None] | None = None  # the next listing of a wrong shape
     _provider: Provider | None = field(default=None, init=False)
 
     @property
@@ -96,6 +98,7 @@ def scalingo(server_of: Callable[[Any], Any], session: aiohttp.ClientSession) ->
             serving=emulator.is_serving,
             set_boot=lambda seconds: setattr(emulator, "boot_delay", seconds),
             reject_credentials=lambda: (emulator.valid_tokens.clear(), emulator.revoke_jwts()),
+            garble_listing=lambda: emulator.fail_next("list_apps", 200, body={"app": []}),
         )
 
     return build
@@ -127,6 +130,7 @@ def heroku(server_of: Callable[[Any], Any], session: aiohttp.ClientSession) -> A
             serving=emulator.is_serving,
             set_boot=lambda seconds: setattr(emulator, "boot_delay", seconds),
             reject_credentials=lambda: setattr(emulator, "token", "a-new-token"),
+            garble_listing=lambda: emulator.fail_next("/apps", 200, body={"apps": []}),
         )
 
     return build
@@ -164,6 +168,7 @@ def clever_cloud(server_of: Callable[[Any], Any], session: aiohttp.ClientSession
             serving=lambda name: emulator.is_serving(ids[name]),
             set_boot=lambda seconds: setattr(emulator, "boot_delay", seconds),
             reject_credentials=lambda: setattr(emulator, "token_secret", "revoked"),
+            garble_listing=lambda: emulator.fail_next("summary", 200, body=["user"]),
         )
 
     return build
@@ -311,6 +316,18 @@ async def test_rejected_credentials_raise_an_auth_error_naming_the_setting(
     platform.reject_credentials()
 
     with pytest.raises(ProviderAuthError, match="check PROVIDER_"):
+        await platform.provider.list_apps()
+
+
+async def test_a_listing_of_the_wrong_shape_is_an_error_not_an_empty_account(
+    platform: Platform,
+) -> None:
+    if platform.garble_listing is None:
+        pytest.skip(f"the {platform.name} provider lists no API")
+    platform.add_app("up", running=True)
+    platform.garble_listing()
+
+    with pytest.raises(ProviderError):
         await platform.provider.list_apps()
 
 

@@ -245,11 +245,7 @@ class CleverEmulator(Emulator):
         )
 
     async def _undeploy(self, request: web.Request) -> web.Response:
-        app = self._lookup(request)
-        self._cancel_running(app)
-        app.state = "SHOULD_BE_DOWN"
-        app.instances = []
-        app.deployments.insert(0, self._deployment(app, "UNDEPLOY", "OK"))
+        self.undeploy(self._lookup(request).id)
         return web.json_response(
             {"id": 200, "message": "The application has been undeployed", "type": "success"}
         )
@@ -293,6 +289,14 @@ class CleverEmulator(Emulator):
         loop = asyncio.get_running_loop()
         app.timers.append(loop.call_later(self.boot_delay, self._finish_deploy, app, deployment))
         return str(deployment["uuid"])
+
+    def undeploy(self, app_id: str) -> None:
+        """What DELETE instances does (tests may call it directly, as the console would)."""
+        app = self.apps[app_id]
+        self._cancel_running(app)
+        app.state = "SHOULD_BE_DOWN"
+        app.instances = []
+        app.deployments.insert(0, self._deployment(app, "UNDEPLOY", "OK"))
 
     def _finish_deploy(self, app: EmulatedApp, deployment: dict[str, Any]) -> None:
         if self.fail_deployments:

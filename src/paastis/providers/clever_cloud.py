@@ -404,7 +404,9 @@ class CleverCloudProvider:
         """Redeploys the app (Clever has no formation to restore), or joins the deployment
         already in progress; returns once Clever accepted it."""
         known = await self._resolve(name)
-        deployment = self._deploying.get(known.id)
+        deployment = self._deploying.pop(known.id, None)
+        if deployment is not None and await self._deployment_state(known, deployment) != "WIP":
+            deployment = None  # it ended since (the app may have been undeployed elsewhere)
         if deployment is None and known.state == "WANTS_TO_BE_UP":
             deployment = await self._deployment_in_progress(known)
         if deployment is not None:
@@ -443,10 +445,7 @@ class CleverCloudProvider:
         if deployment is None:
             instances = await self._instances(known)
             return any(isinstance(i, dict) and i.get("state") == "UP" for i in instances)
-        path = f"{known.path}/deployments/{deployment}"
-        # 404: the deployment may not be visible yet just after the POST.
-        response = await self._call("GET", path, "get_deployment", known, ok=(200, 404))
-        state = _state_of(response.body) if response.status == 200 else "WIP"
+        state = await self._deployment_state(known, deployment)
         if state == "WIP":
             return False
         self._deploying.pop(known.id, None)
@@ -458,6 +457,12 @@ class CleverCloudProvider:
             )
         known.state = "SHOULD_BE_UP"
         return True
+
+    async def _deployment_state(self, known: _Known, deployment: str) -> str | None:
+        path = f"{known.path}/deployments/{deployment}"
+        # 404: the deployment may not be visible yet just after the POST.
+        response = await self._call("GET", path, "get_deployment", known, ok=(200, 404))
+        return _state_of(response.body) if response.status == 200 else "WIP"
 
     async def stop(self, name: str) -> Remembered | None:
         """Undeploys the app; there is no formation to remember."""

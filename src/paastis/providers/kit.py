@@ -154,6 +154,19 @@ def expect_list(response: ApiResponse, provider: str, operation: str) -> list[An
     return response.body
 
 
+def expect_member(
+    response: ApiResponse, key: str, kind: type, provider: str, operation: str
+) -> Any:
+    """`body[key]` of a JSON object, of the `kind` expected (list or dict), else a
+    ProviderError: an answer of the wrong shape must never read as "no apps"."""
+    value = expect_object(response, provider, operation).get(key)
+    if not isinstance(value, kind):
+        raise ProviderError(
+            f"{provider} {operation} answered no {key!r} {kind.__name__}", provider=provider
+        )
+    return value
+
+
 def objects(value: Any) -> list[dict[str, Any]]:
     """The JSON objects of a list (anything else in it, or a non-list, is left out)."""
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []

@@ -44,6 +44,7 @@ from paastis.providers.api import (
     parse_time,
 )
 from paastis.providers.kit import (
+    expect_member,
     fit_formation,
     flag,
     formation_of,
@@ -162,7 +163,8 @@ class ScalingoProvider:
 
     async def _list_region(self, region: str) -> list[PaasApp]:
         response = await self._call(region, "GET", "/v1/apps", operation="list_apps")
-        apps = [self._to_paas_app(item, region) for item in objects(_body(response).get("apps"))]
+        listed = objects(expect_member(response, "apps", list, PROVIDER, "list_apps"))
+        apps = [self._to_paas_app(item, region) for item in listed]
         deploying = [i for i, app in enumerate(apps) if app.status in DEPLOYING]
         states = await asyncio.gather(*(self._serving_state(apps[i]) for i in deploying))
         for index, state in zip(deploying, states, strict=True):
@@ -172,7 +174,7 @@ class ScalingoProvider:
     async def get_app(self, name: str) -> PaasApp:
         region = await self._region(name)
         response = await self._call(region, "GET", _app_path(name), operation="get_app", app=name)
-        app = self._to_paas_app(_body(response).get("app") or {}, region)
+        app = self._to_paas_app(expect_member(response, "app", dict, PROVIDER, "get_app"), region)
         if app.state is AppState.RUNNING or app.status in DEPLOYING:
             return replace(app, state=await self._serving_state(app))
         return app
@@ -343,7 +345,7 @@ class ScalingoProvider:
         )  # fmt: skip
         if response.status == 404:  # an app without autoscaling
             return []
-        items = objects(_body(response).get("autoscalers"))
+        items = objects(expect_member(response, "autoscalers", list, PROVIDER, "autoscalers"))
         return _autoscalers([item for item in items if item.get("disabled") is False])
 
     # -- scaling and operations ---------------------------------------------------------
@@ -355,7 +357,7 @@ class ScalingoProvider:
         )  # fmt: skip
         return {
             str(c["name"]): int(c.get("amount") or 0)
-            for c in objects(_body(response).get("containers"))
+            for c in objects(expect_member(response, "containers", list, PROVIDER, "containers"))
             if text(c.get("name"))
         }
 
@@ -363,7 +365,7 @@ class ScalingoProvider:
         response = await self._call(
             await self._region(name), "GET", _app_path(name, "ps"), operation="ps", app=name
         )
-        containers = objects(_body(response).get("containers"))
+        containers = objects(expect_member(response, "containers", list, PROVIDER, "ps"))
         return [str(c.get("state")) for c in containers if c.get("type") in kinds]
 
     async def _scale(self, name: str, formation: Formation) -> str | None:
@@ -409,7 +411,7 @@ class ScalingoProvider:
             await self._region(name), "GET", _app_path(name, "operations", operation_id),
             operation="operation", app=name,
         )  # fmt: skip
-        operation = _body(response).get("operation") or {}
+        operation = expect_member(response, "operation", dict, PROVIDER, "operation")
         status = operation.get("status")
         if status == "error":
             raise OperationFailed(
