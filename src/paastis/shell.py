@@ -76,7 +76,10 @@ async def spawn_shell(
         # The shell may already run and have started children; cancelled, asyncio would
         # kill only the shell and orphan them: kill the whole group instead.
         with contextlib.suppress(OSError):
-            signal_group(await spawning, signal.SIGKILL)
+            proc = await spawning
+            signal_group(proc, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), REAP_TIMEOUT)  # reaped, not left to the GC
         raise
 
 
