@@ -82,7 +82,8 @@ def test_sighup_applies_the_new_rules_to_new_requests(tmp_path, start_daemon, ap
     )
 
     assert get(daemon.port, "www.localhost", "/index.html")[0] == 404  # the old rule is gone
-    assert "reloaded" in daemon.stderr
+    # Log lines are written in batches: the line may come a moment later.
+    asyncio.run(eventually(lambda: "reloaded" in daemon.stderr, what="the reload logged"))
 
 
 def test_sighup_keeps_open_connections_the_registry_and_running_apps(
