@@ -32,7 +32,14 @@ DESIGN_FIELDS = {
     "last_accessed_at",
 }
 # Added for the dashboard (documented in the OpenAPI document).
-EXTRA_FIELDS = {"state", "stop_due_at", "cold_starts", "asleep_seconds", "requests_in_flight"}
+EXTRA_FIELDS = {
+    "state",
+    "stop_due_at",
+    "kept_awake",
+    "cold_starts",
+    "asleep_seconds",
+    "requests_in_flight",
+}
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
@@ -561,6 +568,30 @@ async def test_stop_due_at_is_the_first_tick_after_the_max_idle_time(scalingo, p
     assert due >= idle_from and due - idle_from < timedelta(hours=1)
     assert (due.minute, due.second, due.tzinfo) == (0, 0, UTC)
     assert (await describe(proxy, "sleepy"))["stop_due_at"] is None
+
+
+async def test_an_app_kept_awake_by_its_office_hours_is_not_due_to_stop(scalingo, paastis):
+    emulator, api_url = scalingo
+    emulator.add_app("front")
+    emulator.add_app("back")
+    emulator.add_app("other")
+    rules = """
+rules:
+  - pattern: '^front$'
+    keep_awake: '* * * * *'
+    linked_apps: ['back']
+"""
+    proxy = await paastis(system_api_env(api_url, START_AND_STOP_MAX_IDLE_TIME="0"), rules=rules)
+    await proxy.tick()
+
+    status, apps, _ = await call(proxy, "GET", "/apps")
+
+    assert status == 200
+    shown = {app["name"]: (app["kept_awake"], app["stop_due_at"]) for app in apps}
+    assert shown["front"] == (True, None)
+    assert shown["back"] == (True, None)  # linked to an app whose window is open
+    assert shown["other"][0] is False and shown["other"][1] is not None
+    assert (await describe(proxy, "back"))["kept_awake"] is True
 
 
 async def test_an_overdue_app_is_due_at_the_next_tick(scalingo, paastis):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -109,7 +110,7 @@ class Scheduler:
                 report.skipped = "registry unavailable"
                 return report
             self.registered_count = len(registered)
-            awake = self._kept_awake(apps)
+            awake = self.kept_awake(apps)
             idle: list[str] = []
             for app in apps:
                 if app.name in self._ignored or self._stopping.is_set():
@@ -121,7 +122,7 @@ class Scheduler:
             await self._stop_idle(idle, report)
             return report
 
-    def _kept_awake(self, apps: list[PaasApp]) -> set[str]:
+    def kept_awake(self, apps: Iterable[PaasApp]) -> set[str]:
         """The apps whose keep_awake window is open now, with their linked apps."""
         now = self._wall_clock()
         awake: set[str] = set()

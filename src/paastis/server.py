@@ -190,17 +190,6 @@ class Server:
         self.catalog = AppCatalog(self.provider)
         self.lifecycle = self._build_lifecycle()
         self.metrics.watch_apps(self._apps_by_state, self.lifecycle.asleep_seconds)
-        self.system_api = SystemApi(
-            lifecycle=self.lifecycle,
-            token=s.system_api_token or "",
-            metrics=self.metrics,
-            cron=s.cron,
-        )
-        self.upstream_pool = UpstreamPool(
-            connect_timeout=s.connect_timeout, tls_verify=s.upstream_tls_verify
-        )
-        self._on_close(stack, "upstream connections", self.upstream_pool.close)
-        self.proxy = self._build_proxy()
         self.scheduler = Scheduler(
             lifecycle=self.lifecycle,
             cron=s.cron,
@@ -209,6 +198,18 @@ class Server:
             wall_clock=self._wall_clock,
             office_hours=OfficeHours(s.schedule_timezone),
         )
+        self.system_api = SystemApi(
+            lifecycle=self.lifecycle,
+            token=s.system_api_token or "",
+            metrics=self.metrics,
+            cron=s.cron,
+            kept_awake=self.scheduler.kept_awake,
+        )
+        self.upstream_pool = UpstreamPool(
+            connect_timeout=s.connect_timeout, tls_verify=s.upstream_tls_verify
+        )
+        self._on_close(stack, "upstream connections", self.upstream_pool.close)
+        self.proxy = self._build_proxy()
         if s.admin_port is not None:
             admin = await Listener.open(self._admin, s.admin_host, s.admin_port)
             stack.push_async_callback(self._until_deadline, admin.close)

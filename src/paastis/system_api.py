@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -29,8 +29,18 @@ OPENAPI_DOCUMENT = resources.files("paastis").joinpath("openapi.json").read_byte
 
 
 class SystemApi:
-    def __init__(self, *, lifecycle: Lifecycle, token: str, metrics: Metrics, cron: str) -> None:
+    def __init__(
+        self,
+        *,
+        lifecycle: Lifecycle,
+        token: str,
+        metrics: Metrics,
+        cron: str,
+        kept_awake: Callable[[Iterable[PaasApp]], set[str]] = lambda apps: set(),
+    ) -> None:
         self._lifecycle = lifecycle
+        # The apps whose keep_awake window is open (the scheduler's view): never due to stop.
+        self._kept_awake = kept_awake
         self._token = token.encode()
         self._metrics = metrics
         self._cron = cron  # the scheduler's, to tell when an idle app will be stopped
@@ -94,7 +104,10 @@ class SystemApi:
         # A dashboard polling this must not spend the provider's rate limit.
         apps = await self._lifecycle.catalog.current(max_age=MISS_REFRESH_INTERVAL)
         registered = {app.name: app for app in await self._lifecycle.registry.list()}
-        return web.json_response([self._describe(app, registered.get(app.name)) for app in apps])
+        awake = self._kept_awake(apps)
+        return web.json_response(
+            [self._describe(app, registered.get(app.name), awake) for app in apps]
+        )
 
     async def forget_apps(self, request: web.Request, match: re.Match[str]) -> web.Response:
         await self._lifecycle.registry.clear()
@@ -114,7 +127,8 @@ class SystemApi:
         if app is None:
             return error(404, f"no app named {match['name']}")
         registered = await self._lifecycle.registry.get(app.name)
-        return web.json_response(self._describe(app, registered))
+        awake = self._kept_awake(self._lifecycle.catalog.all())
+        return web.json_response(self._describe(app, registered, awake))
 
     async def start_app(self, request: web.Request, match: re.Match[str]) -> web.Response:
         app = await self._find(match["name"])
@@ -133,7 +147,9 @@ class SystemApi:
     async def _find(self, name: str) -> PaasApp | None:
         return await self._lifecycle.catalog.find(name)
 
-    def _describe(self, app: PaasApp, registered: RunningApp | None) -> dict[str, Any]:
+    def _describe(
+        self, app: PaasApp, registered: RunningApp | None, kept_awake: set[str]
+    ) -> dict[str, Any]:
         route = self._lifecycle.rules.resolve(app.name)
         return {
             "name": app.name,
@@ -153,7 +169,10 @@ class SystemApi:
             "last_accessed_at": optional_iso(registered.last_accessed_at if registered else None),
             # Beyond DESIGN's fields, for the dashboard.
             "state": self._state(app),
-            "stop_due_at": optional_iso(self._stop_due_at(app, registered)),
+            "stop_due_at": optional_iso(
+                None if app.name in kept_awake else self._stop_due_at(app, registered)
+            ),
+            "kept_awake": app.name in kept_awake,
             "cold_starts": self._lifecycle.cold_starts(app.name),
             "asleep_seconds": round(self._lifecycle.asleep_seconds_of(app.name), 3),
             "requests_in_flight": self._lifecycle.activity.count(app.name),
