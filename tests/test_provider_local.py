@@ -242,6 +242,25 @@ async def test_close_terminates_every_spawned_process(tmp_path: Path) -> None:
     await eventually(lambda: not any(group_running(pid) for pid in pids), timeout=2)
 
 
+async def test_close_cut_short_still_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    # A shutdown's deadline may cancel close() during the grace SIGTERM gets: the group is
+    # SIGKILLed then rather than left running.
+    spec = LocalAppSpec(
+        name="stubborn",
+        upstream="http://127.0.0.1:9",
+        command=f"trap '' TERM; echo $$ > {tmp_path / 'pid'}; while :; do sleep 1; done",
+    )
+    provider = make_provider(spec, stop_grace=30.0)
+    await start_and_wait(provider, spec.name, None)
+    pid = await read_pid(tmp_path / "pid")
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await provider.close()
+
+    await eventually(lambda: not group_running(pid), timeout=2)
+
+
 async def test_a_closed_provider_refuses_to_start_apps(tmp_path: Path) -> None:
     provider = make_provider(
         LocalAppSpec(name="late", upstream="http://127.0.0.1:9", command="sleep 30")

@@ -122,9 +122,12 @@ async def terminate_group(proc: asyncio.subprocess.Process, *, grace: float) -> 
     ignored SIGTERM (a child of the shell) keeps running, or keeps a port, after its leader.
     """
     signal_group(proc, signal.SIGTERM)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), grace)
-    signal_group(proc, signal.SIGKILL)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+    finally:
+        # Cancelled too (a shutdown's deadline): nothing paastis spawned may outlive it.
+        signal_group(proc, signal.SIGKILL)
     try:
         return await asyncio.wait_for(proc.wait(), REAP_TIMEOUT)
     except TimeoutError:
