@@ -150,7 +150,7 @@ class SystemApi:
     def _describe(
         self, app: PaasApp, registered: RunningApp | None, kept_awake: set[str]
     ) -> dict[str, Any]:
-        route = self._lifecycle.rules.resolve(app.name)
+        route = self._lifecycle.route_of(app.name)
         return {
             "name": app.name,
             "id": app.id,
@@ -195,7 +195,7 @@ class SystemApi:
         if registered is None or app.state is not AppState.RUNNING:
             return None
         idle_from = registered.last_accessed_at + timedelta(minutes=registered.max_idle_time)
-        return first_tick_from(self._cron, max(idle_from, datetime.now(UTC)))
+        return first_tick_from(self._cron, max(idle_from, self._lifecycle.now()))
 
 
 def route(
