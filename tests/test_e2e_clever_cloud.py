@@ -203,6 +203,63 @@ async def test_app_stopped_when_idle_runs_its_instances_again_on_the_next_reques
     assert await registered_names(proxy) == ["big"]
 
 
+# The calls that look up where an app answers: the app object (its vhosts) and its domains.
+LOOKUPS = ("application", "favourite", "vhosts")
+
+
+def lookups_since(emulator: CleverEmulator, mark: int, app_id: str) -> list[str]:
+    return [
+        f"{c.method} {c.route}"
+        for c in emulator.log[mark:]
+        if c.app == app_id and c.route in LOOKUPS
+    ]
+
+
+async def stop_when_idle(proxy: RunningPaastis, name: str) -> None:
+    await proxy.tick()  # registers
+    assert (await proxy.tick()).stopped == [name]  # idle for 0 minutes: stops
+
+
+async def test_a_wake_of_an_app_paastis_stopped_costs_the_start_calls_only(
+    emulator, start, upstream_factory
+):
+    _upstream, upstream_server = await upstream_factory("review-2")
+    app_id = emulator.add_app("review-2", favourite=favourite(upstream_server))
+    proxy = await start(env={"START_AND_STOP_MAX_IDLE_TIME": "0"})
+    await stop_when_idle(proxy, "review-2")
+    mark = emulator.total_calls
+
+    async with proxy.get("review-2.example.net", "/hello") as response:
+        body = await response.json()
+
+    assert (response.status, response.headers["X-Paastis-Cold-Start"]) == (200, "true")
+    assert body["app"] == "review-2"
+    assert lookups_since(emulator, mark, app_id) == []
+    calls = [f"{c.method} {c.route}" for c in emulator.log[mark:]]
+    assert calls[0] == "POST instances" and set(calls[1:]) <= {"GET deployment"}, calls
+
+
+async def test_the_upstream_a_stop_looked_up_survives_a_restart_with_a_state_file(
+    emulator, start, upstream_factory, tmp_path: Path
+):
+    _upstream, upstream_server = await upstream_factory("review-3")
+    app_id = emulator.add_app("review-3", favourite=favourite(upstream_server))
+    env = {"START_AND_STOP_MAX_IDLE_TIME": "0", "REGISTRY_STATE_FILE": str(tmp_path / "s.json")}
+    first = await start(env=env)
+    await stop_when_idle(first, "review-3")
+    await first.stop()
+    mark = emulator.total_calls
+
+    second = await start(env=env)
+    async with second.get("review-3.example.net", "/hello") as response:
+        body = await response.json()
+
+    assert (response.status, response.headers["X-Paastis-Cold-Start"]) == (200, "true")
+    assert body["app"] == "review-3"
+    assert lookups_since(emulator, mark, app_id) == []
+    assert emulator.count("instances", method="POST", app=app_id) == 1
+
+
 async def test_requests_land_on_the_favourite_vhost_with_its_path_prefix(
     emulator, start, upstream_factory
 ):

@@ -591,12 +591,103 @@ async def test_stop_undeploys_the_app(
 ) -> None:
     app_id = emulator.add_app("front", state="SHOULD_BE_UP")
 
-    formation = await provider.stop("front")
+    remembered = await provider.stop("front")
 
     app = emulator.apps[app_id]
-    assert formation is None
+    assert remembered == {"upstream_url": f"https://{app_id.replace('_', '-')}.cleverapps.io"}
     assert (app.state, app.instances) == ("SHOULD_BE_DOWN", [])
     assert (app.deployments[0]["action"], app.deployments[0]["state"]) == ("UNDEPLOY", "OK")
+
+
+# Stop: the upstream handed to the next wake
+
+
+async def test_a_stop_remembers_the_favourite_vhost_for_the_next_wake(
+    provider: CleverCloudProvider, emulator: CleverEmulator
+) -> None:
+    emulator.add_app("front", vhosts=["www.example.com"], favourite="www.example.com/")
+
+    remembered = await provider.stop("front")
+
+    assert remembered == {"upstream_url": "https://www.example.com"}
+    assert emulator.count("favourite", method="GET") == 1
+
+
+async def test_a_stop_without_favourite_remembers_the_cleverapps_vhost(
+    provider: CleverCloudProvider, emulator: CleverEmulator
+) -> None:
+    emulator.add_app("front", vhosts=["www.example.com", "front.cleverapps.io"])
+
+    remembered = await provider.stop("front")
+
+    assert remembered == {"upstream_url": "https://front.cleverapps.io"}
+    assert emulator.count("vhosts", method="GET") == 1
+
+
+async def test_the_listing_after_a_stop_carries_the_upstream_it_looked_up(
+    provider: CleverCloudProvider, emulator: CleverEmulator
+) -> None:
+    emulator.add_app("front", favourite="www.example.com/")
+    [before] = await provider.list_apps()
+    await provider.stop("front")
+
+    [after] = await provider.list_apps()
+
+    assert (before.upstream_url, after.upstream_url) == (None, "https://www.example.com")
+    assert after.state is AppState.STOPPED
+
+
+async def test_a_domain_changed_while_the_app_ran_is_followed_at_its_stop(
+    provider: CleverCloudProvider, emulator: CleverEmulator
+) -> None:
+    app_id = emulator.add_app("front", favourite="old.example.com/")
+    assert (await provider.get_app("front")).upstream_url == "https://old.example.com"
+    emulator.apps[app_id].favourite = "new.example.com/"
+
+    remembered = await provider.stop("front")
+
+    assert remembered == {"upstream_url": "https://new.example.com"}
+    assert (await provider.get_app("front")).upstream_url == "https://new.example.com"
+
+
+async def test_a_stop_whose_domain_lookup_fails_is_still_a_stop(
+    provider: CleverCloudProvider, emulator: CleverEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    app_id = emulator.add_app("front", state="SHOULD_BE_UP", favourite="www.example.com/")
+    emulator.fail_next("favourite", 500, times=10)
+
+    with caplog.at_level(logging.WARNING, logger="paastis.provider.clever_cloud"):
+        remembered = await provider.stop("front")
+
+    assert remembered is None
+    assert emulator.apps[app_id].state == "SHOULD_BE_DOWN"
+    assert any("could not be looked up" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_failed_lookup_at_a_stop_hands_on_the_upstream_known_before(
+    provider: CleverCloudProvider, emulator: CleverEmulator
+) -> None:
+    emulator.add_app("front", favourite="www.example.com/")
+    await provider.get_app("front")
+    emulator.fail_next("favourite", 500, times=10)
+
+    assert await provider.stop("front") == {"upstream_url": "https://www.example.com"}
+
+
+async def test_a_wake_handed_the_remembered_upstream_looks_up_no_domain(
+    make_provider: MakeProvider, emulator: CleverEmulator
+) -> None:
+    emulator.add_app("front", state="SHOULD_BE_UP", favourite="www.example.com/")
+    remembered = await make_provider().stop("front")
+    looked_up = emulator.count("favourite") + emulator.count("vhosts")
+    restarted = make_provider()  # a restart of paastis: only the registry remembers
+
+    await start_and_wait(restarted, "front", remembered)
+    app = await restarted.get_app("front")
+
+    assert app.upstream_url == "https://www.example.com"
+    assert app.state is AppState.RUNNING
+    assert emulator.count("favourite") + emulator.count("vhosts") == looked_up
 
 
 # Resilience

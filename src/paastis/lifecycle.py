@@ -10,9 +10,9 @@ import enum
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -290,6 +290,8 @@ class Lifecycle:
         await self._run_hook("before_start", app_name)
         try:
             remembered = await self.registry.formation(app_name)
+            self._learn_upstream(app_name, remembered)  # after a restart of paastis
+            app = self.catalog.lookup(app_name) or app
             why = WhyNotYet()
             async with within(timeout, lambda: self._wake_timeout(app_name, timeout, why)):
                 # Known before the start: an app paastis cannot reach is not started at all.
@@ -321,6 +323,14 @@ class Lifecycle:
         )
         if not isinstance(exc, asyncio.CancelledError):
             await self.events.record(events.APP_START_FAILED, app_name)
+
+    def _learn_upstream(self, app_name: str, remembered: Mapping[str, Any] | None) -> None:
+        """Gives the catalog the upstream a stop looked up (Clever Cloud's domain, which its
+        listing lacks), so that the next wake asks the provider for nothing before its start."""
+        url = (remembered or {}).get("upstream_url")
+        app = self.catalog.lookup(app_name)
+        if app is not None and isinstance(url, str) and url and url != app.upstream_url:
+            self.catalog.update(replace(app, upstream_url=url))
 
     async def _readiness_url(self, app: PaasApp) -> str | None:
         """Where the readiness check asks, None when it is off."""
@@ -427,6 +437,7 @@ class Lifecycle:
             await self.events.record(events.APP_STOP_FAILED, app_name)
             return False
         await self.registry.remember_formation(app_name, formation)
+        self._learn_upstream(app_name, formation)
         await self._run_hook("after_stop", app_name)
         await self.events.record(events.APP_STOPPED, app_name)
         await self.registry.unregister(app_name)

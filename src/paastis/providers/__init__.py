@@ -25,10 +25,14 @@ class Remembered(TypedDict, total=False):
 
     `{"formation": {"web": 2, "worker": 1},
       "autoscalers": [{"id": "as-1", "container_type": "web", "min_containers": 2}]}`
+
+    `upstream_url` is where the app answers, for a provider whose listing does not say
+    (Clever Cloud): the next wake then needs no lookup before its start.
     """
 
     formation: Formation
     autoscalers: list[Autoscaler]
+    upstream_url: str
 
 
 @dataclass(frozen=True)

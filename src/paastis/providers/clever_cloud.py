@@ -4,6 +4,10 @@ A wake is a full deployment, which may take minutes: a wake joins the deployment
 progress (its own, or one the app shows) instead of starting another, and `POST …/instances`
 is never resent on its own; after an answer that leaves its outcome unknown, the adapter
 looks at the deployments first (clever-cloud.md, "A wake is a redeploy").
+
+The summary carries no domain, and looking one up costs a call or two: a stop (which no
+request waits for) looks it up and hands it to the next wake with what it remembers, so that
+a wake spends its calls on the start alone.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from paastis.providers import (
     Backoff,
     OperationFailed,
     PaasApp,
+    ProviderError,
     ProviderUnavailable,
     Remembered,
     Startup,
@@ -210,6 +215,8 @@ class CleverCloudProvider:
         self._ambiguous: frozenset[str] = frozenset()
         self._collisions: frozenset[tuple[str, tuple[str, ...]]] = frozenset()
         self._fetched: dict[str, PaasApp] = {}  # app id -> last get_app answer
+        # app id -> upstream URL, looked up by get_app or a stop, or handed back by a wake.
+        self._upstreams: dict[str, str] = {}
         # app id -> the deployment a wake is waiting for (ours, or one seen in progress).
         self._deploying: dict[str, str] = {}
 
@@ -235,7 +242,7 @@ class CleverCloudProvider:
                 name=known.display,
                 provider=PROVIDER,
                 state=state,
-                upstream_url=None,
+                upstream_url=self._upstreams.get(known.id),
                 id=known.id,
                 region=known.zone,
                 aliases=(dns_alias(known.id),),
@@ -245,6 +252,7 @@ class CleverCloudProvider:
             fetched,
             name=known.display,
             state=state,
+            upstream_url=self._upstreams.get(known.id, fetched.upstream_url),
             region=known.zone or fetched.region,
             status=known.state,
         )
@@ -331,9 +339,9 @@ class CleverCloudProvider:
             state, bool(raw.get("homogeneous")), instances, _state_of(last_deployment)
         )
         cached = self._fetched.get(known.id)
-        upstream = cached.upstream_url if cached else None
+        upstream = self._upstreams.get(known.id)
         if upstream is None:
-            upstream = await self._resolve_upstream(known, raw)
+            upstream = self._upstreams[known.id] = await self._resolve_upstream(known, raw)
         deployment = raw.get("deployment") if isinstance(raw.get("deployment"), dict) else {}
         app = PaasApp(
             name=known.display,
@@ -404,6 +412,9 @@ class CleverCloudProvider:
         """Redeploys the app (Clever has no formation to restore), or joins the deployment
         already in progress; returns once Clever accepted it."""
         known = await self._resolve(name)
+        upstream = text((remembered or {}).get("upstream_url"))
+        if upstream is not None:  # what a stop looked up, maybe before a restart of paastis
+            self._upstreams.setdefault(known.id, upstream)
         deployment = self._deploying.pop(known.id, None)
         if deployment is not None and await self._deployment_state(known, deployment) != "WIP":
             deployment = None  # it ended since (the app may have been undeployed elsewhere)
@@ -465,12 +476,29 @@ class CleverCloudProvider:
         return _state_of(response.body) if response.status == 200 else "WIP"
 
     async def stop(self, name: str) -> Remembered | None:
-        """Undeploys the app; there is no formation to remember."""
+        """Undeploys the app, then remembers its upstream for the next wake (there is no
+        formation to remember)."""
         known = await self._resolve(name)
         await self._call("DELETE", f"{known.path}/instances", "stop", known)
         known.state = "SHOULD_BE_DOWN"
         self._deploying.pop(known.id, None)
-        return None
+        upstream = await self._upstream_for_next_wake(known)
+        return {"upstream_url": upstream} if upstream else None
+
+    async def _upstream_for_next_wake(self, known: _Known) -> str | None:
+        """The app's upstream, looked up again: a domain changed while the app ran is
+        followed at its next sleep. A failed lookup leaves the stop done (the wake then
+        looks the upstream up itself, or uses the one known before)."""
+        try:
+            self._upstreams[known.id] = await self._resolve_upstream(known, {})
+        except ProviderError as exc:
+            log.warning(
+                "Clever Cloud app %s stopped, but its domain could not be looked up for the "
+                "next wake: %s",
+                known.display,
+                exc,
+            )
+        return self._upstreams.get(known.id)
 
     # Plumbing
 
