@@ -76,7 +76,7 @@ class Result:
             return f"{self.provider:<13} {self.boot:>5g} s   no wake measured"
         calls = per_second = "-"
         if self.calls:
-            # The first wake of an app may also look up its upstream (Clever Cloud's domain).
+            # Shown apart: a first wake would show a lookup that later wakes do not need.
             calls = f"{self.calls[0]}, then {statistics.median(self.calls[1:] or self.calls):g}"
             per_second = str(self.busiest_second)
         return (
