@@ -149,6 +149,47 @@ async def test_bytes_the_app_sends_after_its_answer_never_reach_the_client(
     assert again.values(b"X-Injected") == [] and again.body == b"ok"
 
 
+def in_two_writes(head: bytes, body: bytes, after: bytes):
+    """The head with the start of the body, then the rest of the body and `after` at once."""
+
+    async def answer(request: RawRequest, writer: asyncio.StreamWriter) -> None:
+        writer.write(head + body[:1000])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body[1000:] + after)
+        await writer.drain()
+
+    return answer
+
+
+async def test_a_long_answer_arrives_whole_and_nothing_the_app_sends_after_it(
+    scalingo, paastis, upstreams
+):
+    # Past its first bytes, a long answer with a Content-Length is counted, not parsed: its
+    # end must still be exact.
+    body = bytes(range(256)) * 800
+    app = await upstreams(
+        in_two_writes(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body),
+            body,
+            b"HTTP/1.1 404 Injected\r\nContent-Length: 8\r\nX-Injected: 1\r\n\r\nINJECTED",
+        )
+    )
+    port = await front(scalingo, paastis, app)
+    client = await RawClient.open(port)
+    try:
+        await client.send(b"GET / HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
+        answer = await client.answer()
+        await client.send(b"GET /again HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
+        again = await client.answer()
+    finally:
+        await client.close()
+
+    assert answer.status_line == b"HTTP/1.1 200 OK" and answer.body == body
+    assert again.status_line == b"HTTP/1.1 200 OK" and again.body == body
+    assert again.values(b"X-Injected") == []
+
+
 async def test_an_answer_in_a_transfer_coding_paastis_does_not_decode_is_not_passed_as_plain(
     scalingo, paastis, upstreams
 ):

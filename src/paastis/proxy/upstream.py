@@ -15,6 +15,9 @@ import httptools
 READ_HIGH_WATER = 256 * 1024
 # Seconds an idle connection to an app is kept for reuse (aiohttp's client keeps 15 too).
 IDLE_TIMEOUT = 15.0
+# Beyond this many body bytes still to come with a Content-Length, the rest of an answer is
+# counted rather than parsed: llhttp would copy every slice of it.
+PASS_THROUGH_AFTER = 16 * 1024
 
 
 class UpstreamError(Exception):
@@ -70,6 +73,8 @@ class _Exchange:
     head: AnswerHead | None = None
     body: list[bytes] = field(default_factory=list)
     buffered: int = 0
+    received: int = 0  # body bytes so far
+    remaining: int = 0  # body bytes still to come, when counted rather than parsed
     complete: bool = False
     keep_alive: bool = False
     error: UpstreamError | None = None
@@ -92,7 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
         # Reused from one exchange to the next (llhttp starts over after each answer), except
         # after a HEAD, whose answer llhttp cannot know has no body.
         self._parser: httptools.HttpResponseParser | None = None
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # the loop's time when it last went back to the pool
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -105,6 +110,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._tunnel.data(data)
             return
         exchange = self._exchange
+        if exchange is not None and exchange.remaining:
+            self._count_body(exchange, data)
+            return
         if exchange is None or exchange.complete or exchange.parser is None:
             self.abort()  # bytes nobody asked for: this connection cannot be trusted again
             return
@@ -121,6 +129,23 @@ class UpstreamConnection(asyncio.Protocol):
             )
             self.abort()
             return
+        head = exchange.head
+        if head is not None and head.length is not None and not exchange.complete:
+            remaining = head.length - exchange.received
+            if remaining > PASS_THROUGH_AFTER:
+                exchange.remaining = remaining
+                # llhttp still expects that body: the next exchange gets a new parser.
+                exchange.parser = self._parser = None
+        self._wake()
+
+    def _count_body(self, exchange: _Exchange, data: bytes) -> None:
+        if len(data) > exchange.remaining:
+            data = data[: exchange.remaining]  # bytes after the answer are never passed on
+            exchange.keep_alive = False
+        exchange.remaining -= len(data)
+        self._buffer(exchange, data)
+        if not exchange.remaining:
+            exchange.complete = True
         self._wake()
 
     def eof_received(self) -> bool:
@@ -131,8 +156,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
         if self._tunnel is not None:
             self._tunnel.end()
         self._ended()
@@ -214,7 +237,11 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange.complete:
             exchange.keep_alive = False  # a body after a HEAD's answer: do not trust the rest
             return
+        self._buffer(exchange, body)
+
+    def _buffer(self, exchange: _Exchange, body: bytes) -> None:
         exchange.body.append(body)
+        exchange.received += len(body)
         exchange.buffered += len(body)
         if exchange.buffered > READ_HIGH_WATER and not self._reading_paused and self.transport:
             self._reading_paused = True
@@ -231,9 +258,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, *, head_only: bool) -> None:
         """Starts a new exchange (a request about to be written)."""
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-            self.idle_handle = None
         if self._parser is None:
             self._parser = httptools.HttpResponseParser(self)
         self._exchange = _Exchange(head_only=head_only, parser=self._parser)
@@ -397,15 +421,19 @@ class UpstreamPool:
             self._tls.verify_mode = ssl.CERT_NONE
         self._idle: defaultdict[Origin, list[UpstreamConnection]] = defaultdict(list)
         self._open: set[UpstreamConnection] = set()
+        # Idle connections are expired by one sweep every IDLE_TIMEOUT, not a timer each.
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def connection(self, origin: Origin, *, fresh: bool = False) -> UpstreamConnection:
         """An idle connection to `origin` (unless `fresh`), or a new one."""
         idle = self._idle.get(origin)
-        while idle and not fresh:
-            connection = idle.pop()
-            if not connection.closed:
-                return connection
-            self._discard(connection)  # closed by the app while idle
+        if idle and not fresh:
+            oldest_usable = asyncio.get_running_loop().time() - IDLE_TIMEOUT
+            while idle:
+                connection = idle.pop()
+                if not connection.closed and connection.idle_since > oldest_usable:
+                    return connection
+                self._discard(connection)  # closed by the app, or idle too long
         return await self._connect(origin)
 
     def release(self, connection: UpstreamConnection) -> None:
@@ -413,9 +441,11 @@ class UpstreamPool:
         if not connection.finish():
             self._discard(connection)
             return
-        self._idle[connection.origin].append(connection)
         loop = asyncio.get_running_loop()
-        connection.idle_handle = loop.call_later(IDLE_TIMEOUT, self._expire, connection)
+        connection.idle_since = loop.time()
+        self._idle[connection.origin].append(connection)
+        if self._sweep is None:
+            self._sweep = loop.call_later(IDLE_TIMEOUT, self._expire_idle)
 
     def discard(self, connection: UpstreamConnection) -> None:
         """Closes a connection whose exchange went wrong."""
@@ -423,6 +453,9 @@ class UpstreamPool:
         self._discard(connection)
 
     async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for connection in list(self._open):
             connection.close()
         self._open.clear()
@@ -448,11 +481,18 @@ class UpstreamPool:
         self._open.add(connection)
         return connection
 
-    def _expire(self, connection: UpstreamConnection) -> None:
-        idle = self._idle.get(connection.origin)
-        if idle and connection in idle:
-            idle.remove(connection)
-        self._discard(connection)
+    def _expire_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        oldest_usable = loop.time() - IDLE_TIMEOUT
+        for origin, idle in list(self._idle.items()):
+            usable = [c for c in idle if not c.closed and c.idle_since > oldest_usable]
+            for connection in set(idle).difference(usable):
+                self._discard(connection)
+            if usable:
+                self._idle[origin] = usable
+            else:
+                del self._idle[origin]
+        self._sweep = loop.call_later(IDLE_TIMEOUT / 2, self._expire_idle) if self._idle else None
 
     def _discard(self, connection: UpstreamConnection) -> None:
         connection.close()
