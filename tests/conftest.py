@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from daemons import app_pids, start_daemon  # noqa: F401
+from emulators.raw_upstream import RawUpstream
 from emulators.scalingo import ScalingoEmulator
 from emulators.upstream import UpstreamApp
 from harness import RunningPaastis, start_paastis
@@ -81,6 +82,22 @@ async def upstream_factory(
         return upstream, server
 
     return start
+
+
+@pytest.fixture
+async def raw_upstreams() -> AsyncIterator[Callable[..., Awaitable[RawUpstream]]]:
+    """Starts raw upstreams (writing `answer`, or what a script of theirs writes) and stops
+    them all at the end."""
+    started: list[RawUpstream] = []
+
+    async def start(answer=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") -> RawUpstream:
+        upstream = await RawUpstream(answer).start()
+        started.append(upstream)
+        return upstream
+
+    yield start
+    for upstream in started:
+        await upstream.stop()
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 from waiting import eventually
@@ -77,3 +79,15 @@ def accepts_connections(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def wait_until_listening(
+    proc: subprocess.Popen[bytes], port: int, stderr_path: Path, *, within: float, what: str
+) -> None:
+    """Waits until `port` accepts connections; fails, with the process' stderr, if it exits
+    first or takes longer than `within` seconds."""
+    deadline = time.monotonic() + within
+    while not accepts_connections(port):
+        assert proc.poll() is None, stderr_path.read_text()
+        assert time.monotonic() < deadline, f"{what} did not listen within {within:g} s"
+        time.sleep(0.05)

@@ -10,13 +10,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from processes import accepts_connections, free_port, quiet_port
+from processes import free_port, quiet_port, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "local.yml"
@@ -89,11 +88,7 @@ def demo(tmp_path: Path) -> Iterator[int]:
             stderr=stderr,
         )
     try:
-        deadline = time.monotonic() + 15
-        while not accepts_connections(port):
-            assert proc.poll() is None, stderr_path.read_text()
-            assert time.monotonic() < deadline, "paastis did not listen within 15 s"
-            time.sleep(0.05)
+        wait_until_listening(proc, port, stderr_path, within=15, what="paastis")
         yield port
     finally:
         proc.terminate()

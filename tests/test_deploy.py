@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from paastis import __version__
-from processes import accepts_connections, free_port, quiet_port
+from processes import free_port, quiet_port, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
@@ -305,11 +304,7 @@ def web_process(deployed: Deployed, tmp_path: Path) -> Iterator[WebProcess]:
             stderr=stderr,
         )
     try:
-        deadline = time.monotonic() + 20
-        while not accepts_connections(port):
-            assert proc.poll() is None, stderr_path.read_text()
-            assert time.monotonic() < deadline, "the web process did not listen on PORT"
-            time.sleep(0.05)
+        wait_until_listening(proc, port, stderr_path, within=20, what="the web process on PORT")
         yield WebProcess(proc, port, stderr_path)
     finally:
         if proc.poll() is None:

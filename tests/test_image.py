@@ -10,12 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from docker.utils.build import exclude_paths
 
-from processes import accepts_connections, free_port
+from processes import free_port, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -149,11 +148,7 @@ def test_the_healthcheck_asks_the_admin_listener(tmp_path: Path) -> None:
             stderr=stderr,
         )
     try:
-        deadline = time.monotonic() + 15
-        while not accepts_connections(admin_port):
-            assert proc.poll() is None, stderr_path.read_text()
-            assert time.monotonic() < deadline, "the admin listener did not open"
-            time.sleep(0.05)
+        wait_until_listening(proc, admin_port, stderr_path, within=15, what="the admin listener")
         assert healthcheck() == 0
     finally:
         proc.terminate()

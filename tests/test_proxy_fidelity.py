@@ -38,21 +38,6 @@ async def front(scalingo, paastis, upstream: RawUpstream, *, status="running", *
     return proxy.server.main_port
 
 
-@pytest.fixture
-async def upstreams():
-    """Starts raw upstreams (answering `answer`) and stops them all at the end."""
-    started: list[RawUpstream] = []
-
-    async def start(answer=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") -> RawUpstream:
-        upstream = await RawUpstream(answer).start()
-        started.append(upstream)
-        return upstream
-
-    yield start
-    for upstream in started:
-        await upstream.stop()
-
-
 # --- 5. header values pass byte for byte ------------------------------------------------------
 
 OBS_TEXT_VALUES = {
@@ -65,8 +50,8 @@ OBS_TEXT_VALUES = {
 }
 
 
-async def test_request_header_values_reach_the_app_byte_for_byte(scalingo, paastis, upstreams):
-    app = await upstreams()
+async def test_request_header_values_reach_the_app_byte_for_byte(scalingo, paastis, raw_upstreams):
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app)
     lines = b"".join(b"%b: %b\r\n" % (name, value) for name, value in OBS_TEXT_VALUES.items())
 
@@ -78,9 +63,11 @@ async def test_request_header_values_reach_the_app_byte_for_byte(scalingo, paast
         assert request.values(name) == [value], (name, request.head)
 
 
-async def test_answer_header_values_reach_the_client_byte_for_byte(scalingo, paastis, upstreams):
+async def test_answer_header_values_reach_the_client_byte_for_byte(
+    scalingo, paastis, raw_upstreams
+):
     lines = b"".join(b"%b: %b\r\n" % (name, value) for name, value in OBS_TEXT_VALUES.items())
-    app = await upstreams(
+    app = await raw_upstreams(
         b'HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename="caf\xe9.txt"\r\n'
         + lines
         + b"Content-Length: 2\r\n\r\nok"
@@ -101,8 +88,8 @@ def joined(values: list[bytes]) -> list[bytes]:
     return [member.strip() for value in values for member in value.split(b",")]
 
 
-async def test_repeated_request_fields_keep_their_order(scalingo, paastis, upstreams):
-    app = await upstreams()
+async def test_repeated_request_fields_keep_their_order(scalingo, paastis, raw_upstreams):
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app)
 
     await exchange(
@@ -115,8 +102,8 @@ async def test_repeated_request_fields_keep_their_order(scalingo, paastis, upstr
     assert joined(request.values(b"X-Multi")) == [b"3", b"1", b"2"]
 
 
-async def test_repeated_answer_fields_keep_their_order(scalingo, paastis, upstreams):
-    app = await upstreams(
+async def test_repeated_answer_fields_keep_their_order(scalingo, paastis, raw_upstreams):
+    app = await raw_upstreams(
         b"HTTP/1.1 200 OK\r\nX-Multi: 3\r\nSet-Cookie: a=1\r\nX-Multi: 1\r\n"
         b"Set-Cookie: b=2; Path=/\r\nX-Multi: 2\r\nContent-Length: 0\r\n\r\n"
     )
@@ -143,9 +130,9 @@ async def test_repeated_answer_fields_keep_their_order(scalingo, paastis, upstre
     ids=["get", "post-length", "put-chunked", "get-http10"],
 )
 async def test_a_forwarded_request_gains_no_header_but_the_listed_ones(
-    scalingo, paastis, upstreams, request_bytes
+    scalingo, paastis, raw_upstreams, request_bytes
 ):
-    app = await upstreams()
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app)
     sent = RawRequest(request_bytes.split(b"\r\n\r\n")[0] + b"\r\n\r\n", b"", b"")
 
@@ -174,9 +161,9 @@ async def test_a_forwarded_request_gains_no_header_but_the_listed_ones(
     ids=["length", "chunked", "no-content", "not-found"],
 )
 async def test_an_answer_gains_no_header_but_a_missing_date(
-    scalingo, paastis, upstreams, answer_bytes
+    scalingo, paastis, raw_upstreams, answer_bytes
 ):
-    app = await upstreams(answer_bytes)
+    app = await raw_upstreams(answer_bytes)
     port = await front(scalingo, paastis, app)
     sent = RawRequest(answer_bytes.split(b"\r\n\r\n")[0] + b"\r\n\r\n", b"", b"")
 
@@ -191,8 +178,8 @@ async def test_an_answer_gains_no_header_but_a_missing_date(
     assert answer.body in (b"", b"hello")
 
 
-async def test_a_missing_date_is_added_as_an_http_date_of_now(scalingo, paastis, upstreams):
-    app = await upstreams()
+async def test_a_missing_date_is_added_as_an_http_date_of_now(scalingo, paastis, raw_upstreams):
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app)
 
     answer = await exchange(port, b"GET / HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
@@ -202,8 +189,8 @@ async def test_a_missing_date_is_added_as_an_http_date_of_now(scalingo, paastis,
     assert abs(parsedate_to_datetime(date.decode()).timestamp() - time.time()) < 60
 
 
-async def test_the_apps_own_date_is_kept_as_sent(scalingo, paastis, upstreams):
-    app = await upstreams(
+async def test_the_apps_own_date_is_kept_as_sent(scalingo, paastis, raw_upstreams):
+    app = await raw_upstreams(
         b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"
     )
     port = await front(scalingo, paastis, app)
@@ -249,9 +236,9 @@ DRIPPED = b"abcdefgh"
     ids=["content-length", "chunked", "until-close"],
 )
 async def test_a_small_dripping_answer_reaches_the_client_progressively(
-    scalingo, paastis, upstreams, answer
+    scalingo, paastis, raw_upstreams, answer
 ):
-    app = await upstreams(answer)
+    app = await raw_upstreams(answer)
     port = await front(scalingo, paastis, app)
     client = await RawClient.open(port)
     watch = Stopwatch()
@@ -317,9 +304,9 @@ def stalling(head: bytes, first: bytes):
     ids=["small-length", "64KiB-length", "chunked"],
 )
 async def test_an_answer_stalling_after_10_bytes_is_cut_at_the_maximum_lifetime(
-    scalingo, paastis, upstreams, head
+    scalingo, paastis, raw_upstreams, head
 ):
-    app = await upstreams(stalling(head, b"0123456789"))
+    app = await raw_upstreams(stalling(head, b"0123456789"))
     port = await front(
         scalingo, paastis, app, PROXY_READ_TIMEOUT="1", PROXY_MAX_CONNECTION_LIFETIME="1.5"
     )
@@ -344,8 +331,8 @@ async def test_an_answer_stalling_after_10_bytes_is_cut_at_the_maximum_lifetime(
     assert b"0\r\n\r\n" not in first + rest  # never passed off as complete
 
 
-async def test_an_answer_whose_head_stalls_is_bounded(scalingo, paastis, upstreams):
-    app = await upstreams(stalling(b"HTTP/1.1 200 OK\r\nContent-Le", b""))
+async def test_an_answer_whose_head_stalls_is_bounded(scalingo, paastis, raw_upstreams):
+    app = await raw_upstreams(stalling(b"HTTP/1.1 200 OK\r\nContent-Le", b""))
     port = await front(
         scalingo, paastis, app, PROXY_READ_TIMEOUT="1", PROXY_MAX_CONNECTION_LIFETIME="2"
     )
@@ -358,9 +345,9 @@ async def test_an_answer_whose_head_stalls_is_bounded(scalingo, paastis, upstrea
 
 
 async def test_an_app_that_never_answers_is_504_after_the_read_timeout(
-    scalingo, paastis, upstreams
+    scalingo, paastis, raw_upstreams
 ):
-    app = await upstreams(stalling(b"", b""))
+    app = await raw_upstreams(stalling(b"", b""))
     port = await front(scalingo, paastis, app, PROXY_READ_TIMEOUT="1")
     watch = Stopwatch()
 
@@ -372,11 +359,11 @@ async def test_an_app_that_never_answers_is_504_after_the_read_timeout(
 
 
 async def test_a_body_the_client_abandons_never_desynchronises_the_apps_connection(
-    scalingo, paastis, upstreams
+    scalingo, paastis, raw_upstreams
 ):
     # A request whose body stops short must not leave a kept-alive connection to the app on
     # which the next client's request would be read as the rest of that body.
-    app = await upstreams()
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app)
     assert (
         await exchange(port, b"GET /warm HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
@@ -405,9 +392,9 @@ def via_entries(values: list[bytes]) -> list[list[bytes]]:
     return [entry.split() for value in values for entry in value.split(b",") if entry.strip()]
 
 
-async def our_via(scalingo, paastis, upstreams) -> tuple[int, bytes]:
+async def our_via(scalingo, paastis, raw_upstreams) -> tuple[int, bytes]:
     """(port, the Via entry paastis adds), learnt as the app sees it."""
-    app = await upstreams()
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app)
     await exchange(port, b"GET / HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
     [request] = app.requests
@@ -415,8 +402,10 @@ async def our_via(scalingo, paastis, upstreams) -> tuple[int, bytes]:
     return port, entry.strip()
 
 
-async def test_a_forwarded_request_carries_a_via_entry_naming_paastis(scalingo, paastis, upstreams):
-    app = await upstreams()
+async def test_a_forwarded_request_carries_a_via_entry_naming_paastis(
+    scalingo, paastis, raw_upstreams
+):
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app)
 
     await exchange(port, b"GET / HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
@@ -429,9 +418,9 @@ async def test_a_forwarded_request_carries_a_via_entry_naming_paastis(scalingo, 
 
 
 async def test_the_clients_via_entries_are_kept_and_paastis_appends_its_own(
-    scalingo, paastis, upstreams
+    scalingo, paastis, raw_upstreams
 ):
-    app = await upstreams()
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app)
 
     await exchange(
@@ -462,11 +451,11 @@ async def test_the_clients_via_entries_are_kept_and_paastis_appends_its_own(
     ids=["alone", "after-another", "own-line", "then-another"],
 )
 async def test_a_request_that_already_went_through_paastis_is_a_loop_508(
-    scalingo, paastis, upstreams, via_lines
+    scalingo, paastis, raw_upstreams, via_lines
 ):
-    port, entry = await our_via(scalingo, paastis, upstreams)
+    port, entry = await our_via(scalingo, paastis, raw_upstreams)
     emulator, _ = scalingo
-    sleepy = await upstreams()
+    sleepy = await raw_upstreams()
     emulator.add_app("sleepy", status="stopped", base_url=sleepy.url)
 
     running = await exchange(
@@ -495,8 +484,8 @@ async def test_a_request_that_already_went_through_paastis_is_a_loop_508(
 @pytest.mark.parametrize(
     "via", [b"1.1 vegur", b"1.1 heroku-router", b"1.1 p.example (paastis-compatible)"]
 )
-async def test_another_proxys_via_is_not_a_loop(scalingo, paastis, upstreams, via):
-    app = await upstreams()
+async def test_another_proxys_via_is_not_a_loop(scalingo, paastis, raw_upstreams, via):
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app)
 
     answer = await exchange(
@@ -508,7 +497,7 @@ async def test_another_proxys_via_is_not_a_loop(scalingo, paastis, upstreams, vi
 
 
 async def test_an_upstream_pointing_back_at_paastis_is_508_not_a_recursion(
-    scalingo, paastis, upstreams
+    scalingo, paastis, raw_upstreams
 ):
     """The app's upstream is a vhost that sends every request back to paastis (as a custom
     domain or Clever Cloud favourite vhost pointing at paastis would)."""
@@ -533,7 +522,7 @@ async def test_an_upstream_pointing_back_at_paastis_is_508_not_a_recursion(
         await writer.drain()
         writer.close()
 
-    vhost = await upstreams(reflect)
+    vhost = await raw_upstreams(reflect)
     paastis_port.append(await front(scalingo, paastis, vhost))
 
     answer = await exchange(

@@ -12,20 +12,6 @@ from harness import scalingo_env
 from raw_client import RawClient, Stopwatch, exchange
 
 
-@pytest.fixture
-async def upstreams():
-    started: list[RawUpstream] = []
-
-    async def start(answer=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") -> RawUpstream:
-        upstream = await RawUpstream(answer).start()
-        started.append(upstream)
-        return upstream
-
-    yield start
-    for upstream in started:
-        await upstream.stop()
-
-
 async def front(scalingo, paastis, upstream: RawUpstream, **env: str) -> int:
     """paastis in front of the running app `web`, `gone` (its upstream is down) and `sleepy`
     (stopped)."""
@@ -54,11 +40,11 @@ OWN_ANSWERS = {
 @pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
 @pytest.mark.parametrize("head", OWN_ANSWERS.values(), ids=OWN_ANSWERS.keys())
 async def test_an_own_answer_closes_the_connection_when_the_client_asks(
-    scalingo, paastis, upstreams, head, version
+    scalingo, paastis, raw_upstreams, head, version
 ):
     # After a request with `Connection: close` (or an HTTP/1.0 request without keep-alive) the
     # server MUST close the connection once it has answered; proxied answers do.
-    port = await front(scalingo, paastis, await upstreams())
+    port = await front(scalingo, paastis, await raw_upstreams())
     head = head.replace(b"HTTP/1.1\r\n", version + b"\r\n", 1)
     if version == b"HTTP/1.1":
         head += b"Connection: close\r\n"
@@ -80,11 +66,11 @@ async def test_an_own_answer_closes_the_connection_when_the_client_asks(
 
 
 async def test_a_partial_head_pipelined_behind_a_request_is_closed_after_the_header_timeout(
-    scalingo, paastis, upstreams
+    scalingo, paastis, raw_upstreams
 ):
     # The second request's head starts in the same packet as the first request and never
     # ends: a slowloris that never sends another byte must not keep the connection either.
-    app = await upstreams()
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app, PROXY_HEADER_TIMEOUT="2")
     client = await RawClient.open(port)
     watch = Stopwatch()
@@ -120,12 +106,12 @@ def writing(data: bytes, *, close: bool = False):
 
 
 async def test_bytes_the_app_sends_after_its_answer_never_reach_the_client(
-    scalingo, paastis, upstreams
+    scalingo, paastis, raw_upstreams
 ):
     # An app (buggy or hostile) writes a second, unsolicited answer right after the first, in
     # the same packet. The client must get the first answer exactly: a status or headers taken
     # from the second would desynchronise its connection (Content-Length 8, a 2-byte body).
-    app = await upstreams(
+    app = await raw_upstreams(
         writing(
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
             b"HTTP/1.1 404 Injected\r\nContent-Length: 8\r\nX-Injected: 1\r\n\r\nINJECTED"
@@ -163,12 +149,12 @@ def in_two_writes(head: bytes, body: bytes, after: bytes):
 
 
 async def test_a_long_answer_arrives_whole_and_nothing_the_app_sends_after_it(
-    scalingo, paastis, upstreams
+    scalingo, paastis, raw_upstreams
 ):
     # Past its first bytes, a long answer with a Content-Length is counted, not parsed: its
     # end must still be exact.
     body = bytes(range(256)) * 800
-    app = await upstreams(
+    app = await raw_upstreams(
         in_two_writes(
             b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body),
             body,
@@ -191,12 +177,12 @@ async def test_a_long_answer_arrives_whole_and_nothing_the_app_sends_after_it(
 
 
 async def test_an_answer_in_a_transfer_coding_paastis_does_not_decode_is_not_passed_as_plain(
-    scalingo, paastis, upstreams
+    scalingo, paastis, raw_upstreams
 ):
     # `Transfer-Encoding: gzip` (close-delimited) is hop-by-hop: dropping it while passing the
     # coded bytes on hands the client gzip bytes as if they were the content. Either the coding
     # stays on the client's hop or the answer is refused (502).
-    app = await upstreams(
+    app = await raw_upstreams(
         writing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b-coded", close=True)
     )
     port = await front(scalingo, paastis, app)
@@ -210,9 +196,9 @@ async def test_an_answer_in_a_transfer_coding_paastis_does_not_decode_is_not_pas
 # --- Via ---------------------------------------------------------------------------------------
 
 
-async def test_the_via_entry_of_an_http10_request_says_1_0(scalingo, paastis, upstreams):
+async def test_the_via_entry_of_an_http10_request_says_1_0(scalingo, paastis, raw_upstreams):
     # RFC 9110 §7.6.3: received-protocol is the version of the message paastis received.
-    app = await upstreams()
+    app = await raw_upstreams()
     port = await front(scalingo, paastis, app)
 
     await exchange(port, b"GET / HTTP/1.0\r\nHost: web.example.net\r\n\r\n")
