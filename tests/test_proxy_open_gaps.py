@@ -95,6 +95,18 @@ async def test_a_partial_head_pipelined_behind_a_request_is_closed_after_the_hea
 # --- the app's answer, and nothing but it -----------------------------------------------------
 
 
+async def two_answers_on_one_connection(port: int):
+    """The answers to `GET /` then `GET /again`, sent one after the other on one connection."""
+    client = await RawClient.open(port)
+    try:
+        await client.send(b"GET / HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
+        answer = await client.answer()
+        await client.send(b"GET /again HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
+        return answer, await client.answer()
+    finally:
+        await client.close()
+
+
 def writing(data: bytes, *, close: bool = False):
     async def answer(request: RawRequest, writer: asyncio.StreamWriter) -> None:
         writer.write(data)
@@ -118,14 +130,7 @@ async def test_bytes_the_app_sends_after_its_answer_never_reach_the_client(
         )
     )
     port = await front(scalingo, paastis, app)
-    client = await RawClient.open(port)
-    try:
-        await client.send(b"GET / HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
-        answer = await client.answer()
-        await client.send(b"GET /again HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
-        again = await client.answer()
-    finally:
-        await client.close()
+    answer, again = await two_answers_on_one_connection(port)
 
     assert answer.status_line == b"HTTP/1.1 200 OK", answer.head
     assert answer.values(b"Content-Length") == [b"2"]
@@ -162,14 +167,7 @@ async def test_a_long_answer_arrives_whole_and_nothing_the_app_sends_after_it(
         )
     )
     port = await front(scalingo, paastis, app)
-    client = await RawClient.open(port)
-    try:
-        await client.send(b"GET / HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
-        answer = await client.answer()
-        await client.send(b"GET /again HTTP/1.1\r\nHost: web.example.net\r\n\r\n")
-        again = await client.answer()
-    finally:
-        await client.close()
+    answer, again = await two_answers_on_one_connection(port)
 
     assert answer.status_line == b"HTTP/1.1 200 OK" and answer.body == body
     assert again.status_line == b"HTTP/1.1 200 OK" and again.body == body
