@@ -498,19 +498,17 @@ class Lifecycle:
                 return None
         return app
 
-    def request_started(self, app_name: str, route: Route) -> tuple[str, ...]:
-        """Stamps the app (and its linked apps) and counts the request as activity; returns the
-        linked apps to hand back to `request_ended`. What the request key's rules set now
-        applies to the app (`route`)."""
+    def request_started(self, app_name: str, route: Route) -> None:
+        """Stamps the app (and its linked apps) and counts the request as activity. What the
+        request key's rules set now applies to the app (`route`)."""
         self._routes[app_name] = route
         self._apply_to_registered(app_name, route)
         self.touch(app_name, route.linked_apps)
         self.activity.begin(app_name)
-        return route.linked_apps
 
-    def request_ended(self, app_name: str, linked: tuple[str, ...]) -> None:
+    def request_ended(self, app_name: str, route: Route) -> None:
         self.activity.end(app_name)
-        self.touch(app_name, linked)
+        self.touch(app_name, route.linked_apps)
 
     def _apply_to_registered(self, app_name: str, route: Route) -> None:
         """Writes the route's idle time and linked apps to the registry when they differ from

@@ -364,7 +364,8 @@ class Server:
 
 
 def upstream_session(settings: Settings) -> aiohttp.ClientSession:
-    """The client for upstream apps: streams bodies as they are, keeps no cookies."""
+    """The client of the readiness checks (proxied requests go through the proxy's own
+    UpstreamPool): keeps no cookies, decompresses nothing."""
     if not settings.upstream_tls_verify:
         log.warning("UPSTREAM_TLS_VERIFY=false: upstream TLS certificates are NOT verified")
     connector = aiohttp.TCPConnector(

@@ -62,16 +62,14 @@ class Framing(enum.Enum):
 class AnswerWriter:
     """Writes an answer's head and body to the client with the chosen framing."""
 
-    __slots__ = ("_framing", "_writer", "started")
+    __slots__ = ("_framing", "_writer")
 
     def __init__(self, writer: AbstractStreamWriter, framing: Framing) -> None:
         self._writer = writer
         self._framing = framing
-        self.started = False
 
     async def start(self, head: bytes, first: bytes = b"", *, complete: bool = False) -> None:
         """The head, with the body bytes already at hand (and its end, when `complete`)."""
-        self.started = True
         await self._writer.write(head + self._frame(first, last=complete))
 
     async def write(self, chunk: bytes) -> None:

@@ -17,6 +17,7 @@ from paastis.proxy.headers import (
     LocationRewrite,
     Upstream,
     client_answer_head,
+    tokens,
     upstream_request_head,
 )
 from paastis.proxy.upstream import (
@@ -27,7 +28,6 @@ from paastis.proxy.upstream import (
     UpstreamError,
     UpstreamPool,
     UpstreamTimeout,
-    tokens,
 )
 from paastis.proxy.websocket import tunnel
 

@@ -152,7 +152,8 @@ class Proxy:
             log.error("no upstream for %s: %s", app.name, exc)
             return answer(request, Failure.NO_UPSTREAM, app.name)
         client = Client(request.remote or "", request.scheme, target.authority.text)
-        linked = lifecycle.request_started(app.name, route) if managed else None
+        if managed:
+            lifecycle.request_started(app.name, route)
         in_flight = self._recorder.in_flight(app.name)
         in_flight.inc()
         try:
@@ -170,8 +171,8 @@ class Proxy:
             return answer(request, Failure.UPSTREAM_BROKE, app.name)
         finally:
             in_flight.dec()
-            if linked is not None:
-                lifecycle.request_ended(app.name, linked)
+            if managed:
+                lifecycle.request_ended(app.name, route)
 
     def _is_monitor(self, request: web.BaseRequest) -> bool:
         pattern = self._policy.no_wake_user_agents

@@ -77,6 +77,15 @@ class Upstream:
         return (prefix + path).encode("utf-8", "surrogateescape")
 
 
+def tokens(values: list[bytes]) -> frozenset[bytes]:
+    """The lowercased tokens of comma-separated header values (`Connection: close, X-Foo`)."""
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
+    )
+
+
 def carries_our_via(via_values: list[str]) -> bool:
     """Whether a request already went through paastis (its `Via` values): a forwarding loop."""
     for value in via_values:

@@ -11,6 +11,8 @@ from typing import cast
 
 import httptools
 
+from paastis.proxy.headers import tokens
+
 # Above this many unread answer bytes, reading from the app pauses until the client catches up.
 READ_HIGH_WATER = 256 * 1024
 # Seconds an idle connection to an app is kept for reuse (aiohttp's client keeps 15 too).
@@ -53,7 +55,6 @@ class AnswerHead:
     reason: bytes
     headers: list[tuple[bytes, bytes]]
     length: int | None  # Content-Length, when the answer has one
-    chunked: bool
     close_delimited: bool  # the end of the connection ends the body
     connection_tokens: frozenset[bytes]  # headers the app named in `Connection`
 
@@ -221,7 +222,6 @@ class UpstreamConnection(asyncio.Protocol):
             reason=exchange.reason,
             headers=exchange.headers,
             length=length,
-            chunked=chunked,
             close_delimited=not no_body and length is None and not chunked,
             connection_tokens=tokens(exchange.connection),
         )
@@ -296,9 +296,7 @@ class UpstreamConnection(asyncio.Protocol):
         data = exchange.body[0] if len(exchange.body) == 1 else b"".join(exchange.body)
         exchange.body.clear()
         exchange.buffered = 0
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._resume_reading()
         return data
 
     @property
@@ -337,9 +335,7 @@ class UpstreamConnection(asyncio.Protocol):
         that followed the 101's head."""
         exchange = self._current()
         self._tunnel = sink
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._resume_reading()
         return exchange.upgrade_tail
 
     def abort(self) -> None:
@@ -353,6 +349,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def _current(self) -> _Exchange:
         if self._exchange is None:
@@ -497,12 +498,3 @@ class UpstreamPool:
     def _discard(self, connection: UpstreamConnection) -> None:
         connection.close()
         self._open.discard(connection)
-
-
-def tokens(values: list[bytes]) -> frozenset[bytes]:
-    """The lowercased tokens of comma-separated header values (`Connection: close, X-Foo`)."""
-    if not values:
-        return frozenset()
-    return frozenset(
-        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
-    )
